@@ -1,0 +1,33 @@
+"""ngc: compress Hugging Face causal LMs into networks of communicating neuronal groups.
+
+The public API is imported lazily so that ``import ngc`` stays light (no transformers, no matplotlib).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import version
+from typing import Any
+
+__version__ = version("ngc")
+
+_LAZY = {
+    "load_model": "ngc.models.load",
+    "LoadedModel": "ngc.models.load",
+    "perplexity": "ngc.eval.perplexity",
+    "PerplexityResult": "ngc.eval.perplexity",
+    "load_corpus": "ngc.data.corpora",
+    "load_text_file": "ngc.data.corpora",
+    "calibration_windows": "ngc.data.windows",
+    "find_blocks": "ngc.arch",
+    "role_weights": "ngc.arch",
+    "ARCHS": "ngc.arch",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ngc' has no attribute {name!r}")

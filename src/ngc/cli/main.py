@@ -1,0 +1,93 @@
+"""The ``ngc`` app. Errors: ``error:``/``hint:`` on stderr; exit 2 = bad usage, 1 = the run failed.
+
+An unexpected exception prints one line and asks for ``--debug``, which re-raises it with its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from ngc import __version__
+from ngc.errors import NgcError
+
+app = typer.Typer(
+    name="ngc",
+    help=(
+        "Compress Hugging Face causal LMs into networks of communicating neuronal groups, "
+        "and evaluate them.\n\n"
+        "MODEL is everywhere one of: a packaged alias (see `ngc models`), a Hugging Face model folder, "
+        "a .gguf file, or a hub id org/name (online only).\n\n"
+        "Named corpora are read from the data directory: --data-dir, else $NGC_DATA_DIR."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"ngc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an unexpected error."),
+    show_version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Global options."""
+
+
+def _register_commands() -> None:
+    from ngc.cli import eval_cmd, models_cmd
+
+    app.command("eval")(eval_cmd.eval_command)
+    app.command("models")(models_cmd.models_command)
+
+
+_register_commands()
+
+
+def _fail(message: str, hint: str = "") -> None:
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns (and exits with) the exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        result = app(args=args, prog_name="ngc", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except click.exceptions.UsageError as exc:  # bad flags: click's own message, exit 2
+        exc.show()
+        code = 2
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        _fail("interrupted")
+        code = 130
+    except NgcError as exc:
+        if "--debug" in args:
+            raise
+        _fail(exc.message, exc.hint)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence, never control flow
+        if "--debug" in args:
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc}", "re-run with `ngc --debug ...` for the traceback")
+        code = 1
+    if argv is None:
+        sys.exit(code)
+    return code

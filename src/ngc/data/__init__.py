@@ -1,0 +1,1 @@
+"""Evaluation and calibration text: named corpora from the data directory, text files, token windows."""
