@@ -50,7 +50,7 @@ def eval_command(
     from ngc.models.load import load_model, parse_dtype
     from ngc.atomic import write_json_atomic
     from ngc.reports.results import eval_payload
-    from ngc.reports.tables import perplexity_table
+    from ngc.reports.tables import perplexity_table, stdout_console
 
     # Validate everything that needs no model first: flags, data files, output path.
     if ppl_len < 2:
@@ -71,7 +71,7 @@ def eval_command(
         loaded = load_model(model, dtype=dtype, device=device, cache=cache)
     console.print(f"loaded {model} ({loaded.spec.family}, {loaded.dtype}) in {loaded.load_seconds:.1f} s")
     results = [perplexity(loaded, text, ppl_len, max_windows or None) for text in texts]
-    Console().print(perplexity_table(results, title=f"perplexity of {model}"))
+    stdout_console().print(perplexity_table(results, title=f"perplexity of {model}"))
     if json_out is not None:
         write_json_atomic(json_out, eval_payload(loaded, results))
         console.print(f"wrote {json_out}")

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.console import Console
 from rich.table import Table
 
 from ngc.eval.perplexity import PerplexityResult
+
+
+def stdout_console() -> Console:
+    """Console for result tables: full width on a terminal, 120 columns when piped (no truncated names)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=120)
 
 
 def perplexity_table(results: Sequence[PerplexityResult], title: str) -> Table:
