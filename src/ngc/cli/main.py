@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from ngc import __version__
@@ -65,16 +64,11 @@ def run(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        result = app(args=args, prog_name="ngc", standalone_mode=False)
-        code = result if isinstance(result, int) else 0
-    except click.exceptions.UsageError as exc:  # bad flags: click's own message, exit 2
-        exc.show()
-        code = 2
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.exceptions.Abort:
-        _fail("interrupted")
-        code = 130
+        # standalone mode: click prints usage errors itself and exits 2; --help and --version exit 0
+        app(args=args, prog_name="ngc")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except NgcError as exc:
         if "--debug" in args:
             raise

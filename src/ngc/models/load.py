@@ -91,6 +91,11 @@ def resolve_model(name: str, cache: Path) -> tuple[Path | str, bool]:
         return _converted_gguf(path, cache), False
     if _HUB_ID.match(name) and not name.lower().endswith(".gguf"):
         return name, True
+    if os.sep in name or name.lower().endswith(".gguf") or name.startswith(("~", ".")):
+        raise ModelNotFoundError(
+            f"no such file or folder: {path}",
+            hint="check the path; or use a packaged alias: " + known_models(),
+        )
     raise ModelNotFoundError(
         f"model {name!r} is not a packaged alias, an existing folder or .gguf file, or a hub id",
         hint=f"packaged aliases: {known_models()}; or a local path, or a hub id like org/name (online only)",
@@ -117,6 +122,11 @@ def load_model(
     torch_dtype = parse_dtype(dtype)
     start = time.perf_counter()
     where, from_hub = resolve_model(name, cache_dir(cache))
+    if from_hub and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise ModelNotFoundError(
+            f"{name!r} is a hub id, and HF_HUB_OFFLINE is set",
+            hint=f"use a local folder, a .gguf file or an alias ({known_models()}), or unset HF_HUB_OFFLINE",
+        )
     try:
         config = AutoConfig.from_pretrained(where)
     except OSError as exc:

