@@ -42,8 +42,10 @@ def main() -> None:
             "cached_load_seconds": [round(t, 2) for t in cached],
             "parameters": params,
         }
-        print(f"{alias}: first use {first:.1f} s, from cache {statistics.median(cached):.2f} s "
-              f"(median of {args.repeats}), {params:,} parameters")
+        print(
+            f"{alias}: first use {first:.1f} s, from cache {statistics.median(cached):.2f} s "
+            f"(median of {args.repeats}), {params:,} parameters"
+        )
     write_json_atomic(args.out, {"torch_threads": torch.get_num_threads(), "models": rows})
 
 

@@ -64,9 +64,7 @@ ARCHS: dict[str, ArchSpec] = {
     "mistral": ArchSpec("Mistral", "model.layers", _LLAMA_LIKE_BLOCKS, _LLAMA_LIKE_SHARED),
     "qwen2": ArchSpec("Qwen2", "model.layers", _LLAMA_LIKE_BLOCKS, _LLAMA_LIKE_SHARED),
     "qwen3": ArchSpec("Qwen3", "model.layers", _LLAMA_LIKE_BLOCKS, _LLAMA_LIKE_SHARED),
-    "gemma3_text": ArchSpec(
-        "Gemma3", "model.layers", _LLAMA_LIKE_BLOCKS, _LLAMA_LIKE_SHARED, needs_bos=True
-    ),
+    "gemma3_text": ArchSpec("Gemma3", "model.layers", _LLAMA_LIKE_BLOCKS, _LLAMA_LIKE_SHARED, needs_bos=True),
     "gpt2": ArchSpec(
         "GPT-2",
         "transformer.h",
@@ -161,9 +159,7 @@ def find_blocks(model: nn.Module, roles: tuple[str, ...] | None = None) -> list[
     wanted = set(spec.roles if roles is None else roles)
     unknown = wanted - set(ROLES)
     if unknown:
-        raise UnsupportedArchitectureError(
-            f"unknown role(s) {sorted(unknown)}", hint=f"roles are {', '.join(ROLES)}"
-        )
+        raise UnsupportedArchitectureError(f"unknown role(s) {sorted(unknown)}", hint=f"roles are {', '.join(ROLES)}")
     blocks: list[Block] = []
     for index, _layer in enumerate(decoder_layers(model)):
         for suffix, packed in spec.blocks.items():
@@ -193,7 +189,5 @@ def role_weights(model: nn.Module, block: Block) -> dict[str, torch.Tensor]:
         n_heads = int(model.config.num_attention_heads)
         head_dim = W.shape[0] // (n_heads * n_roles)
         per_head = W.reshape(n_heads, n_roles, head_dim, W.shape[1])  # (heads, roles, head_dim, n)
-        return {
-            role: per_head[:, i].reshape(n_heads * head_dim, W.shape[1]) for i, role in enumerate(block.roles)
-        }
+        return {role: per_head[:, i].reshape(n_heads * head_dim, W.shape[1]) for i, role in enumerate(block.roles)}
     return dict(zip(block.roles, W.chunk(n_roles, dim=0), strict=True))

@@ -112,8 +112,9 @@ def test_missing_corpus_file_names_where_it_looked(capsys, tmp_path):
 
 
 def test_json_into_a_missing_folder_is_refused_first(capsys, text_file, tmp_path):
-    code, _, err = ngc(capsys, "eval", "no-such-model", "--ppl-file", str(text_file), "--json",
-                       str(tmp_path / "nope" / "out.json"))
+    code, _, err = ngc(
+        capsys, "eval", "no-such-model", "--ppl-file", str(text_file), "--json", str(tmp_path / "nope" / "out.json")
+    )
     assert code == 2
     assert_clean_error(err, "does not exist", "mkdir -p")
 
@@ -148,8 +149,19 @@ def test_unexpected_errors_are_one_line_unless_debug(capsys, tiny_folders, text_
 
 def test_eval_writes_the_documented_json(capsys, tiny_folders, text_file, tmp_path):
     out = tmp_path / "eval.json"
-    code, stdout, _ = ngc(capsys, "eval", str(tiny_folders["gpt2"]), "--ppl-file", str(text_file),
-                          "--ppl-len", "64", "--max-windows", "3", "--json", str(out))
+    code, stdout, _ = ngc(
+        capsys,
+        "eval",
+        str(tiny_folders["gpt2"]),
+        "--ppl-file",
+        str(text_file),
+        "--ppl-len",
+        "64",
+        "--max-windows",
+        "3",
+        "--json",
+        str(out),
+    )
     assert code == 0
     payload = json.loads(out.read_text())
     entry = payload["ppl"][str(text_file)]
@@ -163,7 +175,9 @@ def test_real_entry_point_exit_code_and_stderr(text_file):
     """The console script path: a separate interpreter, no traceback, exit 2."""
     proc = subprocess.run(
         [sys.executable, "-m", "ngc", "eval", "no-such-model", "--ppl-file", str(text_file)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr

@@ -38,8 +38,9 @@ def wikitext_test():
     ("alias", "family", "needs_bos", "ppl_below"),
     [("smollm2-135m", "Llama", False, 60.0), ("gemma3-270m", "Gemma3", True, 80.0)],
 )
-def test_packaged_alias_loads_from_cache_and_predicts_text(alias, family, needs_bos, ppl_below, wikitext_test,
-                                                           monkeypatch):
+def test_packaged_alias_loads_from_cache_and_predicts_text(
+    alias, family, needs_bos, ppl_below, wikitext_test, monkeypatch
+):
     _require(packaged.installed_version(packaged.PACKAGED[alias].distribution) is not None, f"{alias} not installed")
     first = load_model(alias)  # converts on first use
     assert first.spec.family == family

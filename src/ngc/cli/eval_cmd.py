@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -17,26 +18,42 @@ def _check_json_target(path: Path | None) -> None:
     if path.is_dir():
         raise UsageError(f"--json {path} is a folder", hint="give a file name, e.g. --json results/eval.json")
     if not path.parent.exists():
-        raise UsageError(
-            f"--json {path}: its folder {path.parent} does not exist", hint=f"mkdir -p {path.parent}"
-        )
+        raise UsageError(f"--json {path}: its folder {path.parent} does not exist", hint=f"mkdir -p {path.parent}")
 
 
 def eval_command(
-    model: str = typer.Argument(..., metavar="MODEL", help="Packaged alias, model folder, .gguf file, or hub id (online only)."),
-    ppl: list[str] = typer.Option(
-        [], "--ppl", metavar="NAME", help=f"Named corpus for perplexity; repeatable. Known: {', '.join(CORPORA)}. "
-        "Default: wikitext2 when no --ppl-file is given."
-    ),
-    ppl_file: list[Path] = typer.Option([], "--ppl-file", metavar="FILE", help="UTF-8 text file for perplexity; repeatable."),
-    ppl_split: str = typer.Option("test", "--ppl-split", metavar="SPLIT", help="Split of the named corpora."),
-    ppl_len: int = typer.Option(2048, "--ppl-len", metavar="L", help="Window length L in tokens (capped by the context)."),
-    max_windows: int = typer.Option(0, "--max-windows", metavar="K", help="Evaluate only the first K windows (0 = all)."),
-    json_out: Path = typer.Option(None, "--json", metavar="OUT", help="Also write the results as JSON to this file."),
-    dtype: str = typer.Option("float32", "--dtype", metavar="DTYPE", help="float32, bfloat16 or float16."),
-    device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="torch device, e.g. cpu or cuda."),
-    data_dir: Path = typer.Option(None, "--data-dir", metavar="DIR", help="Evaluation data folder (default: $NGC_DATA_DIR)."),
-    cache: Path = typer.Option(None, "--cache-dir", metavar="DIR", help="Converted-model cache (default: $NGC_CACHE_DIR)."),
+    model: Annotated[
+        str, typer.Argument(metavar="MODEL", help="Packaged alias, model folder, .gguf file, or hub id (online only).")
+    ],
+    ppl: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ppl",
+            metavar="NAME",
+            help=f"Named corpus for perplexity; repeatable. Known: {', '.join(CORPORA)}. "
+            "Default: wikitext2 when no --ppl-file is given.",
+        ),
+    ] = None,
+    ppl_file: Annotated[
+        list[Path] | None,
+        typer.Option("--ppl-file", metavar="FILE", help="UTF-8 text file for perplexity; repeatable."),
+    ] = None,
+    ppl_split: Annotated[str, typer.Option(metavar="SPLIT", help="Split of the named corpora.")] = "test",
+    ppl_len: Annotated[
+        int, typer.Option(metavar="L", help="Window length L in tokens (capped by the model's context).")
+    ] = 2048,
+    max_windows: Annotated[int, typer.Option(metavar="K", help="Evaluate only the first K windows (0 = all).")] = 0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", metavar="OUT", help="Also write the results as JSON to this file.")
+    ] = None,
+    dtype: Annotated[str, typer.Option(metavar="DTYPE", help="float32, bfloat16 or float16.")] = "float32",
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="torch device, e.g. cpu or cuda.")] = "cpu",
+    data_dir: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Evaluation data folder (default: $NGC_DATA_DIR).")
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option("--cache-dir", metavar="DIR", help="Converted-model cache (default: $NGC_CACHE_DIR).")
+    ] = None,
 ) -> None:
     """Perplexity of MODEL over non-overlapping windows (SPEC §7).
 
@@ -46,22 +63,20 @@ def eval_command(
 
       ngc eval ./my-model --ppl-file notes.txt --ppl-len 512 --max-windows 8 --json out.json
     """
-    from ngc.eval.perplexity import perplexity
-    from ngc.models.load import load_model, parse_dtype
     from ngc.atomic import write_json_atomic
+    from ngc.eval.perplexity import check_eval_args, perplexity
+    from ngc.models.load import load_model, parse_dtype
     from ngc.reports.results import eval_payload
     from ngc.reports.tables import perplexity_table, stdout_console
 
     # Validate everything that needs no model first: flags, data files, output path.
-    if ppl_len < 2:
-        raise UsageError(f"--ppl-len {ppl_len} is too short", hint="use a window of at least 2 tokens")
-    if max_windows < 0:
-        raise UsageError(f"--max-windows {max_windows} is negative", hint="use 0 (all windows) or more")
+    check_eval_args(ppl_len, max_windows)
     parse_dtype(dtype)
     _check_json_target(json_out)
-    names = ppl or ([] if ppl_file else ["wikitext2"])
+    files = ppl_file or []
+    names = ppl or ([] if files else ["wikitext2"])
     texts: list[Text] = [load_corpus(name, ppl_split, data_dir) for name in names]
-    texts += [load_text_file(path) for path in ppl_file]
+    texts += [load_text_file(path) for path in files]
 
     from transformers.utils import logging as hf_logging
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -14,7 +15,9 @@ from ngc.settings import cache_dir
 
 
 def models_command(
-    cache: Path = typer.Option(None, "--cache-dir", metavar="DIR", help="Converted-model cache (default: $NGC_CACHE_DIR)."),
+    cache: Annotated[
+        Path | None, typer.Option("--cache-dir", metavar="DIR", help="Converted-model cache (default: $NGC_CACHE_DIR).")
+    ] = None,
 ) -> None:
     """List packaged model aliases and the supported architecture families."""
     root = cache_dir(cache)

@@ -70,12 +70,19 @@ def token_perplexity(
     return total_nll, total_tokens, len(windows)
 
 
+def check_eval_args(window_len: int, max_windows: int | None) -> None:
+    """Range checks of the perplexity arguments, cheap enough to run before a model loads."""
+    if window_len < 2:
+        raise UsageError(f"--ppl-len {window_len} is too short", hint="use a window of at least 2 tokens")
+    if max_windows is not None and max_windows < 0:
+        raise UsageError(f"--max-windows {max_windows} is negative", hint="use 0 (all windows) or more")
+
+
 def perplexity(
     loaded: LoadedModel, text: Text, window_len: int = 2048, max_windows: int | None = None
 ) -> PerplexityResult:
     """Perplexity of ``loaded`` on ``text``; the window is capped by the model's context."""
-    if max_windows is not None and max_windows < 0:
-        raise UsageError(f"--max-windows {max_windows} is negative", hint="use 0 (all windows) or more")
+    check_eval_args(window_len, max_windows)
     if loaded.context_len:
         window_len = min(window_len, loaded.context_len)
     if loaded.spec.needs_bos and loaded.tokenizer.bos_token_id is None:

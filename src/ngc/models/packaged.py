@@ -86,9 +86,7 @@ def packaged_folder(alias: str, cache: Path) -> Path:
         return folder
     gguf_file = packaged.locate_gguf(cache)
     log.info("converting %s (%s) to a float folder in %s, once", alias, gguf_file.name, folder)
-    convert_gguf(
-        gguf_file, folder, {"alias": alias, "distribution": packaged.distribution, "version": version}
-    )
+    convert_gguf(gguf_file, folder, {"alias": alias, "distribution": packaged.distribution, "version": version})
     if gguf_file.is_relative_to(cache):  # an assembled copy, no longer needed once converted
         gguf_file.unlink(missing_ok=True)
     return folder
