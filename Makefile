@@ -29,6 +29,7 @@ demo: $(STAMP)
 	$(BIN)/ngc eval $(DEMO_MODEL) --ppl wikitext2 --max-windows $(DEMO_WINDOWS)
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

@@ -65,6 +65,14 @@ ARCHS: dict[str, ArchSpec] = {
     "qwen2": ArchSpec("Qwen2", "model.layers", _LLAMA_LIKE_BLOCKS, _LLAMA_LIKE_SHARED),
     "qwen3": ArchSpec("Qwen3", "model.layers", _LLAMA_LIKE_BLOCKS, _LLAMA_LIKE_SHARED),
     "gemma3_text": ArchSpec("Gemma3", "model.layers", _LLAMA_LIKE_BLOCKS, _LLAMA_LIKE_SHARED, needs_bos=True),
+    # Gemma3 4B and larger are vision-language models; only their language model's layers are compressed.
+    "gemma3": ArchSpec(
+        "Gemma3 multimodal",
+        "model.language_model.layers",
+        _LLAMA_LIKE_BLOCKS,
+        _LLAMA_LIKE_SHARED,
+        needs_bos=True,
+    ),
     "gpt2": ArchSpec(
         "GPT-2",
         "transformer.h",

@@ -27,7 +27,7 @@ def test_blocks_cover_every_role_of_every_layer(family):
     spec = arch_spec(model)
     blocks = find_blocks(model)
     n_layers = len(decoder_layers(model))
-    assert n_layers == model.config.num_hidden_layers
+    assert n_layers == model.config.get_text_config().num_hidden_layers
     assert len(blocks) == n_layers * len(spec.blocks)
     for layer in range(n_layers):
         roles = [role for block in blocks if block.layer == layer for role in block.roles]
@@ -40,7 +40,7 @@ def test_role_weights_reproduce_the_module_output(family):
     """x @ W_role.T, concatenated in the module's packing order, equals module(x) - bias."""
     model = build_tiny_model(family)
     spec = arch_spec(model)
-    x = torch.randn(5, model.config.hidden_size)
+    x = torch.randn(5, model.config.get_text_config().hidden_size)
     for block in find_blocks(model):
         module = model.get_submodule(block.name)
         inputs = x if block.in_features == x.shape[1] else torch.randn(5, block.in_features)

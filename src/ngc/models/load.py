@@ -50,7 +50,7 @@ class LoadedModel:
 
     @property
     def context_len(self) -> int | None:
-        value = getattr(self.model.config, "max_position_embeddings", None)
+        value = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         return int(value) if value else None
 
     @property

@@ -66,6 +66,31 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         sliding_window=64,
         query_pre_attn_scalar=16,
     ),
+    "gemma3": dict(
+        text_config=dict(
+            hidden_size=_HIDDEN,
+            intermediate_size=_FFN,
+            num_hidden_layers=_LAYERS,
+            num_attention_heads=_HEADS,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=_CONTEXT,
+            sliding_window=64,
+            query_pre_attn_scalar=16,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        ),
+        mm_tokens_per_image=4,
+        image_token_index=259,
+        boi_token_index=254,
+        eoi_token_index=255,
+    ),
     "gpt2": dict(n_embd=_HIDDEN, n_inner=_FFN, n_layer=_LAYERS, n_head=_HEADS, n_positions=_CONTEXT),
     "opt": dict(
         hidden_size=_HIDDEN,
@@ -111,7 +136,13 @@ def build_tiny_model(model_type: str, seed: int = 0) -> PreTrainedModel:
     """A randomly initialised model of ``model_type`` (float32, eval mode), deterministic for a seed."""
     if model_type not in TINY_CONFIGS:
         raise KeyError(f"no tiny config for {model_type!r}; known: {', '.join(TINY_CONFIGS)}")
-    config = AutoConfig.for_model(model_type, vocab_size=TINY_VOCAB, **_SPECIAL, **TINY_CONFIGS[model_type])
+    kwargs = dict(TINY_CONFIGS[model_type])
+    text_level = {"vocab_size": TINY_VOCAB, **_SPECIAL}
+    if "text_config" in kwargs:  # a composite (vision-language) config: vocabulary and ids live in its text part
+        kwargs["text_config"] = {**text_level, **kwargs["text_config"]}
+    else:
+        kwargs.update(text_level)
+    config = AutoConfig.for_model(model_type, **kwargs)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()
