@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ngc.arch import arch_spec
 from ngc.atomic import atomic_folder, write_json_atomic
 from ngc.errors import DataFormatError, MissingPackageError
 
@@ -48,21 +51,31 @@ def read_source(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def convert_gguf(gguf_file: Path, out_folder: Path, source: dict[str, Any]) -> Path:
-    """De-quantise ``gguf_file`` to a float32 Hugging Face folder at ``out_folder`` (atomically)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    require_gguf_support()
-    gguf_file = Path(gguf_file)
-    folder, name = str(gguf_file.parent), gguf_file.name
+@contextmanager
+def _unreadable_as_format_error(gguf_file: Path) -> Iterator[None]:
+    """What transformers or gguf raise on a damaged or foreign file becomes one clear error."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        yield
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise DataFormatError(
             f"{gguf_file} could not be read as a GGUF causal language model: {exc}",
             hint="check that the file is a complete GGUF export of a supported family",
         ) from exc
+
+
+def convert_gguf(gguf_file: Path, out_folder: Path, source: dict[str, Any]) -> Path:
+    """De-quantise ``gguf_file`` to a float32 Hugging Face folder at ``out_folder`` (atomically)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    require_gguf_support()
+    gguf_file = Path(gguf_file)
+    folder, name = str(gguf_file.parent), gguf_file.name
+    with _unreadable_as_format_error(gguf_file):
+        metadata = AutoConfig.from_pretrained(folder, gguf_file=name)  # metadata only
+    arch_spec(metadata)  # refuse an unsupported family before de-quantising anything
+    with _unreadable_as_format_error(gguf_file):
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

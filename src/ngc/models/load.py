@@ -121,7 +121,7 @@ def load_model(
     torch_dtype = parse_dtype(dtype)
     start = time.perf_counter()
     where, from_hub = resolve_model(name, cache_dir(cache))
-    if from_hub and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+    if from_hub and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise ModelNotFoundError(
             f"{name!r} is a hub id, and HF_HUB_OFFLINE is set",
             hint=f"use a local folder, a .gguf file or an alias ({known_models()}), or unset HF_HUB_OFFLINE",

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ngc.errors import DataFormatError
+from ngc.errors import DataFormatError, UnsupportedArchitectureError
 from ngc.models import load as load_module
 from ngc.models.gguf import SOURCE_FILE, file_sha256
 from ngc.models.load import load_model
@@ -54,3 +54,24 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path):
     with pytest.raises(DataFormatError, match="could not be read as a GGUF"):
         load_model(str(bad), cache=tmp_path / "cache")
     assert not (tmp_path / "cache" / "gguf").exists() or not any((tmp_path / "cache" / "gguf").iterdir())
+
+
+def test_unsupported_family_in_a_gguf_is_refused_before_conversion(tmp_path):
+    import gguf
+
+    path = tmp_path / "bloom.gguf"
+    writer = gguf.GGUFWriter(str(path), "bloom")
+    writer.add_block_count(1)
+    writer.add_embedding_length(8)
+    writer.add_head_count(2)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(["a", "b"])
+    writer.add_token_scores([0.0, 0.0])
+    writer.add_token_types([1, 1])
+    writer.add_token_merges([])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(UnsupportedArchitectureError, match="'bloom' is not supported"):
+        load_model(str(path), cache=tmp_path / "cache")
