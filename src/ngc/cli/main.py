@@ -5,6 +5,7 @@ An unexpected exception prints one line and asks for ``--debug``, which re-raise
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -60,9 +61,21 @@ def _fail(message: str, hint: str = "") -> None:
         print(f"hint: {hint}", file=sys.stderr)
 
 
+def _show_library_logs() -> None:
+    """ngc's own INFO messages (e.g. a one-time GGUF conversion) go to stderr as plain lines."""
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("ngc")
+    if not logger.handlers:  # the console looks up sys.stderr at each write, so redirection keeps working
+        logger.addHandler(RichHandler(console=Console(stderr=True), show_time=False, show_path=False))
+        logger.setLevel(logging.INFO)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
     args = sys.argv[1:] if argv is None else argv
+    _show_library_logs()
     try:
         # standalone mode: click prints usage errors itself and exits 2; --help and --version exit 0
         app(args=args, prog_name="ngc")

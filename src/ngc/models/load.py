@@ -10,6 +10,7 @@ The architecture is checked against ``ngc.arch`` from the config, before any wei
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -24,6 +25,8 @@ from ngc.errors import ModelNotFoundError, UsageError
 from ngc.models.gguf import convert_gguf, file_sha256, read_source, require_gguf_support
 from ngc.models.packaged import PACKAGED, packaged_folder
 from ngc.settings import cache_dir
+
+log = logging.getLogger(__name__)
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -106,6 +109,7 @@ def _converted_gguf(path: Path, cache: Path) -> Path:
     digest = file_sha256(path)
     folder = cache / "gguf" / digest[:16]
     if read_source(folder) is None or not (folder / "config.json").exists():
+        log.info("converting %s to a float folder in %s, once", path.name, folder)
         convert_gguf(path, folder, {"sha256": digest})
     return folder
 
