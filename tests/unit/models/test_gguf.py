@@ -75,3 +75,14 @@ def test_unsupported_family_in_a_gguf_is_refused_before_conversion(tmp_path):
     writer.close()
     with pytest.raises(UnsupportedArchitectureError, match="'bloom' is not supported"):
         load_model(str(path), cache=tmp_path / "cache")
+
+
+def test_cli_announces_the_one_time_conversion(tiny_gguf, tmp_path, text_file, capsys):
+    from ngc.cli.main import run
+
+    path, _, _ = tiny_gguf
+    args = ["eval", str(path), "--ppl-file", str(text_file), "--ppl-len", "64", "--max-windows", "1"]
+    assert run([*args, "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "converting tiny-llama.gguf" in capsys.readouterr().err
+    assert run([*args, "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "converting" not in capsys.readouterr().err
