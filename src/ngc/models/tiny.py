@@ -19,65 +19,27 @@ TINY_VOCAB = 260  # 256 byte symbols + <pad> <bos> <eos> <unk>
 _HIDDEN, _FFN, _HEADS, _LAYERS, _CONTEXT = 64, 128, 4, 2, 512
 _SPECIAL = {"pad_token_id": 256, "bos_token_id": 257, "eos_token_id": 258}
 
+# Field names shared by the Llama-style configs, and Gemma3's text part (used twice below).
+_LLAMA_STYLE: dict[str, Any] = dict(
+    hidden_size=_HIDDEN,
+    intermediate_size=_FFN,
+    num_hidden_layers=_LAYERS,
+    num_attention_heads=_HEADS,
+    max_position_embeddings=_CONTEXT,
+)
+_GEMMA3_TEXT: dict[str, Any] = dict(
+    _LLAMA_STYLE, num_key_value_heads=1, head_dim=16, sliding_window=64, query_pre_attn_scalar=16
+)
+
 # One config per family, keyed like ngc.arch.ARCHS (the only other place model types are written).
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
-    "llama": dict(
-        hidden_size=_HIDDEN,
-        intermediate_size=_FFN,
-        num_hidden_layers=_LAYERS,
-        num_attention_heads=_HEADS,
-        num_key_value_heads=2,
-        max_position_embeddings=_CONTEXT,
-    ),
-    "mistral": dict(
-        hidden_size=_HIDDEN,
-        intermediate_size=_FFN,
-        num_hidden_layers=_LAYERS,
-        num_attention_heads=_HEADS,
-        num_key_value_heads=2,
-        max_position_embeddings=_CONTEXT,
-        sliding_window=None,
-    ),
-    "qwen2": dict(
-        hidden_size=_HIDDEN,
-        intermediate_size=_FFN,
-        num_hidden_layers=_LAYERS,
-        num_attention_heads=_HEADS,
-        num_key_value_heads=2,
-        max_position_embeddings=_CONTEXT,
-    ),
-    "qwen3": dict(
-        hidden_size=_HIDDEN,
-        intermediate_size=_FFN,
-        num_hidden_layers=_LAYERS,
-        num_attention_heads=_HEADS,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=_CONTEXT,
-    ),
-    "gemma3_text": dict(
-        hidden_size=_HIDDEN,
-        intermediate_size=_FFN,
-        num_hidden_layers=_LAYERS,
-        num_attention_heads=_HEADS,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=_CONTEXT,
-        sliding_window=64,
-        query_pre_attn_scalar=16,
-    ),
+    "llama": dict(_LLAMA_STYLE, num_key_value_heads=2),
+    "mistral": dict(_LLAMA_STYLE, num_key_value_heads=2, sliding_window=None),
+    "qwen2": dict(_LLAMA_STYLE, num_key_value_heads=2),
+    "qwen3": dict(_LLAMA_STYLE, num_key_value_heads=2, head_dim=16),
+    "gemma3_text": _GEMMA3_TEXT,
     "gemma3": dict(
-        text_config=dict(
-            hidden_size=_HIDDEN,
-            intermediate_size=_FFN,
-            num_hidden_layers=_LAYERS,
-            num_attention_heads=_HEADS,
-            num_key_value_heads=1,
-            head_dim=16,
-            max_position_embeddings=_CONTEXT,
-            sliding_window=64,
-            query_pre_attn_scalar=16,
-        ),
+        text_config=_GEMMA3_TEXT,
         vision_config=dict(
             hidden_size=16,
             intermediate_size=32,
