@@ -19,3 +19,24 @@ def test_version_and_help(capsys):
     assert capsys.readouterr().out.strip() == f"ngc {__version__}"
     assert cli.run(["--help"]) == 0
     assert "eval" in capsys.readouterr().out
+
+
+def test_models_reports_a_cache_only_when_complete_and_current(capsys, tmp_path, monkeypatch):
+    import json
+
+    folder = tmp_path / "models" / "smollm2-135m"
+    folder.mkdir(parents=True)
+    (folder / "ngc_source.json").write_text(json.dumps({"version": "0.1.2"}))
+    import ngc.cli.models_cmd as models_cmd
+
+    monkeypatch.setattr(models_cmd, "installed_version", lambda dist: "0.1.2")
+
+    def smollm2_row() -> str:
+        assert cli.run(["models", "--cache-dir", str(tmp_path)]) == 0
+        return next(line for line in capsys.readouterr().out.splitlines() if "smollm2-135m" in line)
+
+    assert "no (converted" in smollm2_row()  # no config.json: an incomplete folder
+    (folder / "config.json").write_text("{}")
+    assert "yes" in smollm2_row()
+    (folder / "ngc_source.json").write_text(json.dumps({"version": "0.0.9"}))
+    assert "no (converted" in smollm2_row()  # made from another package version

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ngc.arch import supported_families
-from ngc.models.packaged import PACKAGED, installed_version
+from ngc.models.packaged import PACKAGED, cached_folder, installed_version
 from ngc.settings import cache_dir
 
 
@@ -30,7 +30,7 @@ def models_command(
             alias,
             packaged.description,
             f"{packaged.distribution} {version}" if version else f"not installed: {packaged.install}",
-            "yes" if (root / "models" / alias / "config.json").exists() else "no (converted on first use)",
+            "yes" if version and cached_folder(alias, root, version) else "no (converted on first use)",
         )
     console = Console()
     console.print(table)

@@ -44,7 +44,9 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
 
 
 def read_source(folder: Path) -> dict[str, Any] | None:
-    """The provenance a converted folder records, or None if it has none or is incomplete."""
+    """The provenance a converted folder records, or None if it has none or is incomplete (no config.json)."""
+    if not (folder / "config.json").is_file():
+        return None
     try:
         return json.loads((folder / SOURCE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):

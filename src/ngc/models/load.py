@@ -108,7 +108,7 @@ def _converted_gguf(path: Path, cache: Path) -> Path:
     require_gguf_support()
     digest = file_sha256(path)
     folder = cache / "gguf" / digest[:16]
-    if read_source(folder) is None or not (folder / "config.json").exists():
+    if read_source(folder) is None:
         log.info("converting %s to a float folder in %s, once", path.name, folder)
         convert_gguf(path, folder, {"sha256": digest})
     return folder

@@ -71,6 +71,13 @@ def installed_version(distribution: str) -> str | None:
         return None
 
 
+def cached_folder(alias: str, cache: Path, version: str) -> Path | None:
+    """The alias' converted folder if it is complete and was made from package ``version``; else None."""
+    folder = cache / "models" / alias
+    source = read_source(folder)
+    return folder if source is not None and source.get("version") == version else None
+
+
 def packaged_folder(alias: str, cache: Path) -> Path:
     """The converted float folder of a packaged alias, converting on first use."""
     packaged = PACKAGED[alias]
@@ -81,8 +88,7 @@ def packaged_folder(alias: str, cache: Path) -> Path:
             hint=packaged.install,
         )
     folder = cache / "models" / alias
-    source = read_source(folder)
-    if source is not None and source.get("version") == version and (folder / "config.json").exists():
+    if cached_folder(alias, cache, version) is not None:
         return folder
     gguf_file = packaged.locate_gguf(cache)
     log.info("converting %s (%s) to a float folder in %s, once", alias, gguf_file.name, folder)
