@@ -183,3 +183,22 @@ def test_real_entry_point_exit_code_and_stderr(text_file):
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     help_proc = subprocess.run([sys.executable, "-m", "ngc", "eval", "--help"], capture_output=True, text=True)
     assert help_proc.returncode == 0 and "--ppl-len" in help_proc.stdout
+
+
+def test_json_onto_a_folder_is_refused(capsys, text_file, tmp_path):
+    code, _, err = ngc(capsys, "eval", "no-such-model", "--ppl-file", str(text_file), "--json", str(tmp_path))
+    assert code == 2
+    assert_clean_error(err, "is a folder", "--json")
+
+
+def test_bos_family_with_a_tokenizer_without_bos(capsys, tiny_folders, text_file, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(tiny_folders["gemma3_text"], tmp_path / "gemma-no-bos")
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["bos_token"] = None
+    config_file.write_text(json.dumps(config))
+    code, _, err = ngc(capsys, "eval", str(folder), "--ppl-file", str(text_file), "--ppl-len", "64")
+    assert code == 2
+    assert_clean_error(err, "need BOS at each window", "tokenizer")
