@@ -155,8 +155,10 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def _weight_shape(module: nn.Module, conv1d: bool) -> tuple[int, int]:
-    """(out, in) of a linear module, whatever its storage convention."""
-    weight = module.weight
+    """(out, in) of a linear module, whatever its storage convention (or of the module that replaced it)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return int(module.out_features), int(module.in_features)
     rows, cols = weight.shape
     return (cols, rows) if conv1d else (rows, cols)
 
@@ -173,29 +175,52 @@ def find_blocks(model: nn.Module, roles: tuple[str, ...] | None = None) -> list[
         for suffix, packed in spec.blocks.items():
             if not wanted.intersection(packed):
                 continue
-            name = f"{spec.layers}.{index}.{suffix}"
-            module = model.get_submodule(name)
-            out_features, in_features = _weight_shape(module, spec.conv1d)
-            blocks.append(Block(name, packed, index, in_features, out_features))
+            blocks.append(block_at(model, f"{spec.layers}.{index}.{suffix}"))
     return blocks
 
 
-def role_weights(model: nn.Module, block: Block) -> dict[str, torch.Tensor]:
-    """The weight of each role of ``block`` as an (m_role, n) matrix in torch's out x in convention.
-
-    Fused blocks are split here: GPT-2 packs [Q; K; V] along the output; GPT-NeoX packs, per head h,
-    [q_h; k_h; v_h]. The returned tensors are views or copies of the module's weight, never the module itself.
-    """
+def block_at(model: nn.Module, name: str) -> Block:
+    """The block of the module at ``name`` (a path ``find_blocks`` would list)."""
     spec = arch_spec(model)
-    module = model.get_submodule(block.name)
-    weight = module.weight.detach()
-    W = weight.t() if spec.conv1d else weight  # (m, n)
+    index, _, suffix = name.removeprefix(spec.layers + ".").partition(".")
+    if not name.startswith(spec.layers + ".") or suffix not in spec.blocks or not index.isdigit():
+        raise KeyError(f"{name} is not a decoder linear block of this {spec.family} model")
+    out_features, in_features = _weight_shape(model.get_submodule(name), spec.conv1d)
+    return Block(name, spec.blocks[suffix], int(index), in_features, out_features)
+
+
+def split_rows(model: nn.Module, block: Block, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Split a tensor laid out along ``block``'s output rows (weights, gradients, row indices) into its roles.
+
+    GPT-2 packs [Q; K; V] along the output; GPT-NeoX packs, per head h, [q_h; k_h; v_h]. ``rows`` has the
+    module's output dimension first; the results are views where the layout allows.
+    """
     if len(block.roles) == 1:
-        return {block.roles[0]: W}
+        return {block.roles[0]: rows}
     n_roles = len(block.roles)
-    if spec.fused_per_head:
+    if arch_spec(model).fused_per_head:
         n_heads = int(model.config.num_attention_heads)
-        head_dim = W.shape[0] // (n_heads * n_roles)
-        per_head = W.reshape(n_heads, n_roles, head_dim, W.shape[1])  # (heads, roles, head_dim, n)
-        return {role: per_head[:, i].reshape(n_heads * head_dim, W.shape[1]) for i, role in enumerate(block.roles)}
-    return dict(zip(block.roles, W.chunk(n_roles, dim=0), strict=True))
+        head_dim = rows.shape[0] // (n_heads * n_roles)
+        per_head = rows.reshape(n_heads, n_roles, head_dim, *rows.shape[1:])  # (heads, roles, head_dim, ...)
+        return {
+            role: per_head[:, i].reshape(n_heads * head_dim, *rows.shape[1:]) for i, role in enumerate(block.roles)
+        }
+    return dict(zip(block.roles, rows.chunk(n_roles, dim=0), strict=True))
+
+
+def module_weight(model: nn.Module, block: Block) -> torch.Tensor:
+    """The module's weight as one (m, n) matrix in torch's out x in convention (a view, never a copy)."""
+    weight = model.get_submodule(block.name).weight
+    return weight.t() if arch_spec(model).conv1d else weight
+
+
+def role_weights(model: nn.Module, block: Block) -> dict[str, torch.Tensor]:
+    """The weight of each role of ``block`` as an (m_role, n) matrix in torch's out x in convention."""
+    return split_rows(model, block, module_weight(model, block).detach())
+
+
+def input_key(model: nn.Module, layer: int, role: str) -> str:
+    """The name of the activation a role reads, e.g. ``L3:q+k+v``: roles with equal keys read the same tensor."""
+    spec = arch_spec(model)
+    shared = next((group for group in spec.shared_input if role in group), (role,))
+    return f"L{layer}:{'+'.join(shared)}"

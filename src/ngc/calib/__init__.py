@@ -1,0 +1,1 @@
+"""Calibration statistics (SPEC §4): streamed second moments, ASVD channel scales, Fisher information."""

@@ -1,0 +1,56 @@
+"""Small frozen configs; ``to_dict``/``from_dict`` round-trip them through JSON (checkpoint manifests)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ngc.arch import ROLES
+from ngc.errors import UsageError
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """Calibration windows (SPEC §7): ``n_windows`` x ``window_len`` tokens from ``source``, seeded."""
+
+    source: str = "wikitext2"
+    n_windows: int = 32
+    window_len: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_windows < 1 or self.window_len < 2:
+            raise UsageError(
+                f"calibration needs at least 1 window of 2 tokens, got {self.n_windows} x {self.window_len}",
+                hint="use --calib-samples >= 1 and --calib-len >= 2",
+            )
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """What to compress and how. ``ratio`` is the fraction of decoder linear weights removed (SPEC §3)."""
+
+    method: str = "svd-llm"
+    ratio: float = 0.3
+    roles: tuple[str, ...] = ROLES
+    topology: str | None = None  # None = the method's own structure
+    asvd_alpha: float = 0.5
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ratio < 1.0:
+            raise UsageError(
+                f"ratio {self.ratio} is outside (0, 1)",
+                hint="the ratio is the fraction of decoder linear parameters removed, e.g. 0.3 keeps 70 %",
+            )
+        object.__setattr__(self, "roles", tuple(self.roles))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["roles"] = list(self.roles)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressionConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if k == "roles" else v) for k, v in data.items() if k in known})

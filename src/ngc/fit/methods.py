@@ -1,0 +1,86 @@
+"""The methods: each is a topology and an input weighting of the closed-form fit (SPEC §4, §6).
+
+| method        | structure                                          | transform S of SVD(W S)            |
+|---------------|----------------------------------------------------|------------------------------------|
+| svd           | per-matrix                                         | I                                  |
+| fwsvd         | per-matrix                                         | diag(√F), F = per-input Fisher     |
+| asvd          | per-matrix                                         | diag((mean |x|)^α), α = 0.5        |
+| svd-llm       | per-matrix                                         | Cholesky factor of C               |
+| basis-sharing | q,k,v,gate,up across 2 layers; o, down per-matrix  | Cholesky factor of pooled C        |
+| ngc           | any topology (SPEC §2), default intra              | Cholesky factor of pooled C        |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from ngc.calib.moments import InputMoments
+from ngc.errors import UsageError
+from ngc.fit.whiten import IDENTITY, Transform, diagonal, whitening
+from ngc.topology.groups import Group
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    topology: str
+    weighting: str  # "identity" | "fisher" | "abs-mean" | "whiten"
+    fixed_topology: bool
+    summary: str
+
+    @property
+    def needs_moments(self) -> bool:
+        return self.weighting in ("abs-mean", "whiten")
+
+    @property
+    def needs_fisher(self) -> bool:
+        return self.weighting == "fisher"
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("svd", "per-matrix", "identity", True, "plain truncated SVD of each weight"),
+        Method("fwsvd", "per-matrix", "fisher", True, "SVD weighted by per-input-channel Fisher information"),
+        Method("asvd", "per-matrix", "abs-mean", True, "SVD scaled by activation magnitudes (alpha = 0.5)"),
+        Method("svd-llm", "per-matrix", "whiten", True, "truncation-aware whitening, one basis per weight"),
+        Method("basis-sharing", "basis-sharing", "whiten", True, "q,k,v,gate,up bases shared by 2 adjacent layers"),
+        Method("ngc", "intra", "whiten", False, "neuronal groups: shared input states per topology"),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise UsageError(f"unknown method {name!r}", hint=f"methods: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def distinct_inputs(group: Group, moments: Mapping[str, InputMoments]) -> list[InputMoments]:
+    """The moments of each distinct input a group reads (q, k, v of one layer read one input: counted once)."""
+    keys = list(dict.fromkeys(member.input_key for member in group.members))
+    return [moments[key] for key in keys]
+
+
+def group_transform(
+    method: Method,
+    group: Group,
+    moments: Mapping[str, InputMoments],
+    fisher: Mapping[str, torch.Tensor] | None,
+    asvd_alpha: float = 0.5,
+) -> Transform:
+    """The transform S of ``group`` under ``method`` (pooled over the group's distinct inputs)."""
+    if method.weighting == "identity":
+        return IDENTITY
+    if method.weighting == "fisher":
+        if fisher is None:
+            raise ValueError("fwsvd needs Fisher information")
+        F = sum(fisher[member.id] for member in group.members)
+        return diagonal(F.sqrt(), f"Fisher information of {group.id}")
+    pooled = InputMoments.pooled(distinct_inputs(group, moments))
+    if method.weighting == "abs-mean":
+        return diagonal(pooled.abs_mean.pow(asvd_alpha), f"activation scales of {group.id}")
+    return whitening(pooled.second, group.id)

@@ -1,0 +1,81 @@
+"""The only code that replaces modules of a model: dense linears -> :class:`FactorizedLinear`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ngc.arch import arch_spec
+from ngc.fit.closed_form import GroupFit
+from ngc.modules.factorized import FactorizedLinear, GroupBasis
+from ngc.topology.blocks import Member, output_order
+from ngc.topology.groups import Group
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _bias(module: nn.Module) -> torch.Tensor | None:
+    bias = getattr(module, "bias", None)
+    return bias if isinstance(bias, torch.Tensor) else None
+
+
+def factorize(
+    model: nn.Module,
+    groups: Sequence[Group],
+    ranks: Mapping[str, int],
+    fits: Mapping[str, GroupFit] | None = None,
+    modules: set[str] | None = None,
+    bases: dict[str, GroupBasis] | None = None,
+) -> dict[str, GroupBasis]:
+    """Replace every module whose members are in ``groups`` (or only those in ``modules``).
+
+    With ``fits`` the factors are filled from them; without, the structure is built empty (to load weights
+    into). Pass the returned ``bases`` back in when replacing modules in several calls, so that a group's
+    basis stays one object. Returns the bases by group id.
+    """
+    spec = arch_spec(model)
+    reference = next(model.parameters())
+    bases = {} if bases is None else bases
+    placement: dict[tuple[str, str], tuple[GroupBasis, torch.Tensor | None]] = {}
+    for group in groups:
+        fit = fits[group.id] if fits is not None else None
+        basis = bases.get(group.id)
+        if basis is None:
+            basis = GroupBasis(group.id, group.n, ranks[group.id], dtype=reference.dtype, device=reference.device)
+            if fit is not None:
+                with torch.no_grad():
+                    basis.B.copy_(fit.B)
+            bases[group.id] = basis
+        for index, member in enumerate(group.members):
+            placement[(member.module, member.role)] = (basis, fit.A[index] if fit is not None else None)
+    by_module: dict[str, list[Member]] = {}
+    for group in groups:
+        for member in group.members:
+            by_module.setdefault(member.module, []).append(member)
+    for name, members in by_module.items():
+        if modules is not None and name not in modules:
+            continue
+        old = model.get_submodule(name)
+        layer = members[0].layer
+        role_order = next(r for suffix, r in spec.blocks.items() if name == f"{spec.layers}.{layer}.{suffix}")
+        ordered = sorted(members, key=lambda m: role_order.index(m.role))
+        parts = [placement[(m.module, m.role)] for m in ordered]
+        new = FactorizedLinear(
+            [basis for basis, _ in parts],
+            [m.m for m in ordered],
+            [m.role for m in ordered],
+            _bias(old),
+            output_order(model, name) if len(ordered) > 1 else None,
+        )
+        if fits is not None:
+            with torch.no_grad():
+                for A, (_, fitted) in zip(new.A, parts, strict=True):
+                    A.copy_(fitted)
+        new.to(device=reference.device)
+        _set_submodule(model, name, new)
+    return bases

@@ -1,0 +1,1 @@
+"""Which blocks are compressed and how they are grouped (SPEC §2)."""
