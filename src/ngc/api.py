@@ -102,11 +102,21 @@ def _windows(calibration: Calibration) -> torch.Tensor | None:
 
 def calibration_info(calibration: Calibration) -> dict[str, Any]:
     if isinstance(calibration, CalibrationWindows):
-        return {"source": calibration.source, "split": calibration.split, "n_windows": calibration.n_windows,
-                "window_len": calibration.window_len, "seed": calibration.seed}
+        return {
+            "source": calibration.source,
+            "split": calibration.split,
+            "n_windows": calibration.n_windows,
+            "window_len": calibration.window_len,
+            "seed": calibration.seed,
+        }
     if isinstance(calibration, CalibrationStats):
-        return {"source": calibration.source, "split": calibration.split, "n_windows": calibration.n_windows,
-                "window_len": calibration.window_len, "seed": calibration.seed}
+        return {
+            "source": calibration.source,
+            "split": calibration.split,
+            "n_windows": calibration.n_windows,
+            "window_len": calibration.window_len,
+            "seed": calibration.seed,
+        }
     if isinstance(calibration, torch.Tensor):
         return {"source": "tokens", "n_windows": int(calibration.shape[0]), "window_len": int(calibration.shape[1])}
     return {"source": None}
@@ -117,8 +127,9 @@ def collect_statistics(
 ) -> CalibrationStats:
     """Keep every compressed input's moments (and optionally Fisher), to fit many configurations from one pass."""
     members = find_members(model, parse_roles(roles))
-    stats = CalibrationStats(**{k: v for k, v in calibration_info(calibration).items() if k != "source"},
-                             source=calibration.source)
+    stats = CalibrationStats(
+        **{k: v for k, v in calibration_info(calibration).items() if k != "source"}, source=calibration.source
+    )
     for _layer, moments in stream_layer_moments(model, calibration.tokens, members):
         stats.moments.update(moments)
     if fisher:
@@ -187,8 +198,14 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
 
     result.accounting = account(model)
     result.groups = [
-        GroupReport(g.id, ranks[g.id], tuple(m.id for m in g.members), fitted[g.id].loss, fitted[g.id].relative_loss,
-                    fitted[g.id].ridge)
+        GroupReport(
+            g.id,
+            ranks[g.id],
+            tuple(m.id for m in g.members),
+            fitted[g.id].loss,
+            fitted[g.id].relative_loss,
+            fitted[g.id].ridge,
+        )
         for g in groups
     ]
     ridged = [g for g in result.groups if g.ridge > 0]
@@ -219,8 +236,10 @@ def _layer_moments(
         wanted = {m.input_key for m in members}
         missing = sorted(wanted - set(stats.moments))
         if missing:
-            raise UsageError(f"the statistics lack {len(missing)} input(s), e.g. {missing[0]}",
-                             hint="collect statistics for the same model and roles")
+            raise UsageError(
+                f"the statistics lack {len(missing)} input(s), e.g. {missing[0]}",
+                hint="collect statistics for the same model and roles",
+            )
         yield from stats.layers()
         return
     assert windows is not None

@@ -202,9 +202,7 @@ def split_rows(model: nn.Module, block: Block, rows: torch.Tensor) -> dict[str, 
         n_heads = int(model.config.num_attention_heads)
         head_dim = rows.shape[0] // (n_heads * n_roles)
         per_head = rows.reshape(n_heads, n_roles, head_dim, *rows.shape[1:])  # (heads, roles, head_dim, ...)
-        return {
-            role: per_head[:, i].reshape(n_heads * head_dim, *rows.shape[1:]) for i, role in enumerate(block.roles)
-        }
+        return {role: per_head[:, i].reshape(n_heads * head_dim, *rows.shape[1:]) for i, role in enumerate(block.roles)}
     return dict(zip(block.roles, rows.chunk(n_roles, dim=0), strict=True))
 
 

@@ -23,7 +23,10 @@ def _check_json_target(path: Path | None) -> None:
 
 def eval_command(
     model: Annotated[
-        str, typer.Argument(metavar="MODEL", help="Packaged alias, model folder, .gguf file, or hub id (online only).")
+        str,
+        typer.Argument(
+            metavar="MODEL", help="Packaged alias, model folder, ngc checkpoint, .gguf file, or hub id (online only)."
+        ),
     ],
     ppl: Annotated[
         list[str] | None,
@@ -64,8 +67,9 @@ def eval_command(
       ngc eval ./my-model --ppl-file notes.txt --ppl-len 512 --max-windows 8 --json out.json
     """
     from ngc.atomic import write_json_atomic
+    from ngc.checkpoint.load import load
     from ngc.eval.perplexity import check_eval_args, perplexity
-    from ngc.models.load import load_model, parse_dtype
+    from ngc.models.load import parse_dtype
     from ngc.reports.results import eval_payload
     from ngc.reports.tables import perplexity_table, stdout_console
 
@@ -83,7 +87,7 @@ def eval_command(
     hf_logging.disable_progress_bar()
     console = Console(stderr=True)
     with console.status(f"loading {model} ..."):
-        loaded = load_model(model, dtype=dtype, device=device, cache=cache)
+        loaded = load(model, dtype=dtype, device=device, cache=cache)
     console.print(f"loaded {model} ({loaded.spec.family}, {loaded.dtype}) in {loaded.load_seconds:.1f} s")
     results = [perplexity(loaded, text, ppl_len, max_windows or None) for text in texts]
     stdout_console().print(perplexity_table(results, title=f"perplexity of {model}"))

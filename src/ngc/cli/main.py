@@ -46,8 +46,9 @@ def _root(
 
 
 def _register_commands() -> None:
-    from ngc.cli import eval_cmd, models_cmd
+    from ngc.cli import compress_cmd, eval_cmd, models_cmd
 
+    app.command("compress")(compress_cmd.compress_command)
     app.command("eval")(eval_cmd.eval_command)
     app.command("models")(models_cmd.models_command)
 

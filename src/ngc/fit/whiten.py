@@ -49,19 +49,25 @@ IDENTITY = Transform(None)
 def whitening(C: torch.Tensor, what: str = "covariance") -> Transform:
     """Cholesky factor of ``C`` (float64), with the smallest ridge from ``RIDGES`` that makes it positive definite."""
     if not torch.isfinite(C).all():
-        raise NumericalError(f"the calibration statistics of {what} contain NaN or Inf",
-                             hint="the model produced non-finite activations; check its weights and dtype")
+        raise NumericalError(
+            f"the calibration statistics of {what} contain NaN or Inf",
+            hint="the model produced non-finite activations; check its weights and dtype",
+        )
     scale = float(C.diagonal().mean())
     if scale <= 0:
-        raise NumericalError(f"the calibration statistics of {what} are all zero",
-                             hint="no calibration token reached this block; use more or longer windows")
+        raise NumericalError(
+            f"the calibration statistics of {what} are all zero",
+            hint="no calibration token reached this block; use more or longer windows",
+        )
     eye = torch.eye(C.shape[0], dtype=C.dtype)
     for ridge in RIDGES:
         L, info = torch.linalg.cholesky_ex(C + ridge * scale * eye)
         if int(info) == 0:
             return Transform(L, ridge)
-    raise NumericalError(f"the calibration covariance of {what} is not positive definite even with ridge {RIDGES[-1]}",
-                         hint="use more calibration tokens")
+    raise NumericalError(
+        f"the calibration covariance of {what} is not positive definite even with ridge {RIDGES[-1]}",
+        hint="use more calibration tokens",
+    )
 
 
 def diagonal(scales: torch.Tensor, what: str = "scales") -> Transform:

@@ -31,10 +31,11 @@ class GroupBasis(nn.Module):
         """``z = Bᵀ x`` for every token (x: (..., n) -> (..., k)); reused while ``x`` is the same unchanged tensor."""
         last = self._last
         grad = torch.is_grad_enabled()
-        if last is not None and last[0] is x and last[1] == x._version and last[2] == grad:
+        version = -1 if x.is_inference() else x._version  # inference tensors keep no version counter
+        if last is not None and last[0] is x and last[1] == version and last[2] == grad:
             return last[3]
         z = x @ self.B  # (..., k)
-        self._last = (x, x._version, grad, z)
+        self._last = (x, version, grad, z)
         return z
 
     def forget(self) -> None:
@@ -70,8 +71,10 @@ class FactorizedLinear(nn.Module):
         self.roles = tuple(roles)
         first = bases[0].B
         self.A = nn.ParameterList(
-            [nn.Parameter(torch.empty(m, b.rank, dtype=first.dtype, device=first.device))
-             for m, b in zip(part_rows, bases, strict=True)]
+            [
+                nn.Parameter(torch.empty(m, b.rank, dtype=first.dtype, device=first.device))
+                for m, b in zip(part_rows, bases, strict=True)
+            ]
         )
         self.in_features = int(first.shape[0])
         self.out_features = int(sum(part_rows))

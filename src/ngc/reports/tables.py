@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from ngc.accounting import Accounting, GroupRank
 from ngc.eval.perplexity import PerplexityResult
 
 
@@ -32,5 +33,42 @@ def perplexity_table(results: Sequence[PerplexityResult], title: str) -> Table:
             result.dtype,
             f"{result.mean_nll:.4f}",
             f"{result.ppl:.3f}",
+        )
+    return table
+
+
+def _count(value: int) -> str:
+    return f"{value:,}"
+
+
+def accounting_table(accounting: Accounting, title: str) -> Table:
+    """Dense vs kept: decoder linear weights, whole model, bytes, MACs per token (SPEC §3)."""
+    table = Table(title=title)
+    table.add_column("quantity")
+    table.add_column("dense", justify="right")
+    table.add_column("kept", justify="right")
+    table.add_column("kept / dense", justify="right", style="bold")
+    a = accounting
+    rows = [
+        ("decoder linear weights", a.decoder_linear_params_dense, a.decoder_linear_params_kept),
+        ("model parameters", a.model_params_dense, a.model_params_kept),
+        ("MACs per token (linears + head)", a.macs_per_token_dense, a.macs_per_token),
+    ]
+    for name, dense, kept in rows:
+        table.add_row(name, _count(dense), _count(kept), f"{kept / dense:.4f}")
+    table.add_row("stored bytes", "", _count(a.stored_bytes), "")
+    table.caption = f"ratio removed R = {a.ratio_removed:.4f} of decoder linear weights; {len(a.groups)} groups"
+    return table
+
+
+def groups_table(groups: Sequence[GroupRank], title: str) -> Table:
+    """Every group: id, rank, input width, members, dense and kept parameters."""
+    table = Table(title=title)
+    for column in ("group", "rank", "n", "members", "dense", "kept"):
+        table.add_column(column, justify="left" if column in ("group", "members") else "right")
+    for group in groups:
+        roles = ", ".join(member.rsplit(":", 1)[-1] for member in group.members)
+        table.add_row(
+            group.id, str(group.rank), str(group.n), roles, _count(group.dense_params), _count(group.kept_params)
         )
     return table

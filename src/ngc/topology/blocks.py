@@ -58,8 +58,14 @@ def find_members(model: nn.Module, roles: tuple[str, ...] = ROLES) -> list[Membe
         index_rows = split_rows(model, block, _row_index(block.out_features))
         for role in block.roles:
             members.append(
-                Member(block.name, role, block.layer, int(index_rows[role].numel()), block.in_features,
-                       input_key(model, block.layer, role))
+                Member(
+                    block.name,
+                    role,
+                    block.layer,
+                    int(index_rows[role].numel()),
+                    block.in_features,
+                    input_key(model, block.layer, role),
+                )
             )
     return members
 

@@ -1,0 +1,1 @@
+"""Compressed checkpoints: a folder with config, tokenizer, ``model.safetensors`` and the ``ngc.json`` manifest."""

@@ -1,0 +1,146 @@
+"""``ngc compress MODEL``: calibrate, fit, report the accounting, and save a checkpoint folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ngc.arch import ROLES
+from ngc.cli.eval_cmd import _check_json_target
+from ngc.fit.methods import METHODS
+from ngc.topology.groups import topology_names
+
+
+def compress_command(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Packaged alias, model folder, .gguf file or hub id.")],
+    method: Annotated[str, typer.Option(metavar="METHOD", help=f"One of: {', '.join(METHODS)}.")] = "svd-llm",
+    ratio: Annotated[
+        float, typer.Option(metavar="R", help="Fraction of decoder linear weights to remove, in (0, 1).")
+    ] = 0.3,
+    out: Annotated[Path | None, typer.Option(metavar="DIR", help="Checkpoint folder to write.")] = None,
+    roles: Annotated[
+        str, typer.Option(metavar="ROLES", help=f"Comma-separated roles to compress (default all: {','.join(ROLES)}).")
+    ] = ",".join(ROLES),
+    topology: Annotated[
+        str | None, typer.Option(metavar="T", help=f"Grouping for --method ngc: {topology_names()}.")
+    ] = None,
+    calib: Annotated[
+        str, typer.Option(metavar="NAME|FILE", help="Calibration corpus (train split, else validation) or text file.")
+    ] = "wikitext2",
+    calib_samples: Annotated[int, typer.Option(metavar="N", help="Number of calibration windows.")] = 32,
+    calib_len: Annotated[int, typer.Option(metavar="L", help="Tokens per calibration window.")] = 512,
+    seed: Annotated[int, typer.Option(metavar="S", help="Seed of the window sampler.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out folder.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the groups, ranks and accounting plan; load no data, fit nothing.")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", metavar="OUT", help="Also write the result (accounting, groups) as JSON.")
+    ] = None,
+    dtype: Annotated[str, typer.Option(metavar="DTYPE", help="float32, bfloat16 or float16.")] = "float32",
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="torch device, e.g. cpu or cuda.")] = "cpu",
+    data_dir: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Evaluation data folder (default: $NGC_DATA_DIR).")
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option("--cache-dir", metavar="DIR", help="Converted-model cache (default: $NGC_CACHE_DIR).")
+    ] = None,
+) -> None:
+    """Compress MODEL: remove a fraction R of its decoder linear weights (SPEC §3, §4, §6).
+
+    Calibration statistics are streamed layer by layer from N x L seeded windows; every method sees the same
+    windows, blocks and budget. The folder written by --out loads with `ngc eval DIR`.
+
+    Examples:
+
+      ngc compress smollm2-135m --method svd-llm --ratio 0.3 --out smol-svdllm-30
+
+      ngc compress smollm2-135m --method basis-sharing --ratio 0.2 --calib-samples 64 --out smol-bs-20
+
+      ngc compress smollm2-135m --method ngc --topology intra --ratio 0.3 --dry-run
+    """
+    from ngc.api import compress, plan
+    from ngc.atomic import write_json_atomic
+    from ngc.checkpoint.load import load
+    from ngc.checkpoint.manifest import is_checkpoint
+    from ngc.checkpoint.save import check_target, save_checkpoint
+    from ngc.config import CalibConfig, CompressionConfig
+    from ngc.data.windows import CalibrationWindows, calibration_text, sample_windows, tokenize_text
+    from ngc.errors import UsageError
+    from ngc.models.load import parse_dtype
+    from ngc.reports.tables import accounting_table, groups_table, stdout_console
+    from ngc.topology.blocks import parse_roles
+
+    # Everything that needs no model is checked first: flags, output paths, calibration data.
+    config = CompressionConfig(method=method, ratio=ratio, roles=parse_roles(roles), topology=topology)
+    calib_config = CalibConfig(calib, calib_samples, calib_len, seed)
+    parse_dtype(dtype)
+    _check_json_target(json_out)
+    if out is None and not dry_run:
+        raise UsageError("no --out folder given", hint="add --out DIR (or --dry-run to only see the plan)")
+    if out is not None:
+        check_target(out, force)
+    text = None if dry_run else calibration_text(calib_config.source, data_dir)
+    if Path(model).expanduser().is_dir() and is_checkpoint(Path(model).expanduser()):
+        raise UsageError(f"{model} is already a compressed checkpoint", hint="compress the original dense model")
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    console = Console(stderr=True)
+    with console.status(f"loading {model} ..."):
+        loaded = load(model, dtype=dtype, device=device, cache=cache)
+    console.print(f"loaded {model} ({loaded.spec.family}, {loaded.dtype}) in {loaded.load_seconds:.1f} s")
+    method_spec, _members, groups, ranks = plan(loaded.model, config)
+    if dry_run:
+        from ngc.accounting import GroupRank
+
+        planned = [
+            GroupRank(
+                g.id,
+                ranks[g.id],
+                g.n,
+                tuple(f"{m.module}:{m.role}" for m in g.members),
+                g.dense_params,
+                g.params_at_rank(ranks[g.id]),
+            )
+            for g in groups
+        ]
+        kept = sum(g.kept_params for g in planned)
+        dense = sum(g.dense_params for g in planned)
+        stdout_console().print(groups_table(planned, title=f"plan: {method} at R = {ratio} on {model}"))
+        console.print(
+            f"{len(groups)} groups; compressed blocks keep {kept:,} of {dense:,} weights "
+            f"({1 - kept / dense:.4f} removed)"
+        )
+        return
+
+    calibration = None
+    if method_spec.needs_moments or method_spec.needs_fisher:
+        assert text is not None
+        tokens = tokenize_text(loaded.tokenizer, text.text)
+        windows = sample_windows(tokens, calib_config.n_windows, calib_config.window_len, seed, loaded.bos_token_id)
+        calibration = CalibrationWindows(windows, text.name, text.split, seed)
+    result = compress(loaded.model, config, calibration)
+    console.print(f"calibration {result.calibration_seconds:.1f} s, fitting {result.fit_seconds:.1f} s")
+    stdout_console().print(accounting_table(result.accounting, title=f"{method} at R = {ratio} on {model}"))
+    assert out is not None
+    record = {
+        "config": config.to_dict(),
+        "calibration": result.calibration,
+        "accounting": result.accounting.to_dict(),
+        "base_model": {"name": model, "folder": str(loaded.folder) if loaded.folder else None},
+        "fit": {
+            "calibration_seconds": result.calibration_seconds,
+            "fit_seconds": result.fit_seconds,
+            "warnings": result.warnings,
+        },
+    }
+    save_checkpoint(loaded.model, loaded.tokenizer, out, groups=list(groups), ranks=ranks, record=record, force=force)
+    console.print(f"wrote {out}")
+    if json_out is not None:
+        write_json_atomic(json_out, result.to_dict() | {"out": str(out)})
+        console.print(f"wrote {json_out}")
