@@ -65,9 +65,14 @@ def main() -> None:
     calib = calibration_windows(loaded.tokenizer, "wikitext2", args.calib_samples, args.calib_len, args.seed, bos)
     start = time.perf_counter()
     stats = collect_statistics(loaded.model, calib, fisher="fwsvd" in args.methods.split(","))
-    results["calibration"] = {"source": calib.source, "split": calib.split, "n_windows": calib.n_windows,
-                              "window_len": calib.window_len, "seed": calib.seed,
-                              "seconds": time.perf_counter() - start}
+    results["calibration"] = {
+        "source": calib.source,
+        "split": calib.split,
+        "n_windows": calib.n_windows,
+        "window_len": calib.window_len,
+        "seed": calib.seed,
+        "seconds": time.perf_counter() - start,
+    }
     print(f"statistics collected in {results['calibration']['seconds']:.1f} s", flush=True)
 
     for method in args.methods.split(","):
@@ -86,8 +91,11 @@ def main() -> None:
             }
             results["cells"][key] = cell
             write_json_atomic(args.out, results)
-            print(f"{key}: ppl {cell['ppl']:.3f}  R={result.accounting.ratio_removed:.4f}  "
-                  f"fit {result.fit_seconds:.1f} s", flush=True)
+            print(
+                f"{key}: ppl {cell['ppl']:.3f}  R={result.accounting.ratio_removed:.4f}  "
+                f"fit {result.fit_seconds:.1f} s",
+                flush=True,
+            )
             del model
     write_text_atomic(args.out.with_suffix(".md"), markdown(results))
 
@@ -113,9 +121,13 @@ def markdown(results: dict) -> str:
             cell = cells.get(f"{method}@{r}")
             row.append("" if cell is None else f"{cell['ppl']:.2f}")
         lines.append(f"| {method} | " + " | ".join(row) + " |")
-    lines += ["", "Measured ratio removed / MACs per token (compressed / dense) / fit seconds:", "",
-              "| method | " + " | ".join(f"R = {r}" for r in ratios) + " |",
-              "| --- | " + " | ".join("---" for _ in ratios) + " |"]
+    lines += [
+        "",
+        "Measured ratio removed / MACs per token (compressed / dense) / fit seconds:",
+        "",
+        "| method | " + " | ".join(f"R = {r}" for r in ratios) + " |",
+        "| --- | " + " | ".join("---" for _ in ratios) + " |",
+    ]
     for method in methods:
         row = []
         for r in ratios:

@@ -8,6 +8,7 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: tests never reach for the hub
 
 import pytest
+import torch
 
 from ngc.models.tiny import save_tiny_model, tiny_families
 
@@ -15,6 +16,10 @@ SAMPLE_TEXT = (
     "The quick brown fox jumps over the lazy dog. Neuronal groups exchange low-dimensional messages; "
     "weights become interactions between neuron states. "
 ) * 8
+
+
+# Tiny models gain nothing from threads, and spinning threads slow everything when the cores are shared.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

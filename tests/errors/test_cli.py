@@ -202,3 +202,53 @@ def test_bos_family_with_a_tokenizer_without_bos(capsys, tiny_folders, text_file
     code, _, err = ngc(capsys, "eval", str(folder), "--ppl-file", str(text_file), "--ppl-len", "64")
     assert code == 2
     assert_clean_error(err, "need BOS at each window", "tokenizer")
+
+
+def test_compress_refuses_bad_flags_before_loading(capsys, tiny_folders, tmp_path, text_file):
+    model = str(tiny_folders["llama"])
+    code, _, err = ngc(capsys, "compress", model, "--ratio", "1.2", "--out", str(tmp_path / "x"))
+    assert code == 2
+    assert_clean_error(err, "outside (0, 1)")
+    code, _, err = ngc(capsys, "compress", model, "--method", "lora", "--out", str(tmp_path / "x"))
+    assert code == 2
+    assert_clean_error(err, "unknown method 'lora'", "svd-llm")
+    code, _, err = ngc(capsys, "compress", model, "--roles", "q,x", "--out", str(tmp_path / "x"))
+    assert code == 2
+    assert_clean_error(err, "unknown role")
+    code, _, err = ngc(capsys, "compress", model)
+    assert code == 2
+    assert_clean_error(err, "no --out")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    code, _, err = ngc(capsys, "compress", model, "--calib", str(text_file), "--out", str(tmp_path / "taken"))
+    assert code == 2
+    assert_clean_error(err, "already exists", "--force")
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+def test_compress_refuses_a_topology_for_a_baseline_and_a_partial_fused_module(capsys, tiny_folders, tmp_path):
+    code, _, err = ngc(
+        capsys, "compress", str(tiny_folders["llama"]), "--method", "svd-llm", "--topology", "intra", "--dry-run"
+    )
+    assert code == 2
+    assert_clean_error(err, "fixed structure", "--method ngc")
+    code, _, err = ngc(capsys, "compress", str(tiny_folders["gpt2"]), "--roles", "q", "--dry-run")
+    assert code == 2
+    assert_clean_error(err, "c_attn", "select all of q, k, v")
+    code, _, err = ngc(
+        capsys, "compress", str(tiny_folders["llama"]), "--method", "ngc", "--topology", "ring", "--dry-run"
+    )
+    assert code == 2
+    assert_clean_error(err, "unknown topology 'ring'", "cross-N")
+
+
+def test_compress_refuses_a_checkpoint_and_eval_refuses_a_damaged_one(capsys, tiny_folders, tmp_path, text_file):
+    out = tmp_path / "ckpt"
+    assert ngc(capsys, "compress", str(tiny_folders["llama"]), "--method", "svd", "--out", str(out))[0] == 0
+    code, _, err = ngc(capsys, "compress", str(out), "--out", str(tmp_path / "again"))
+    assert code == 2
+    assert_clean_error(err, "already a compressed checkpoint")
+    (out / "ngc.json").write_text("{not json")
+    code, _, err = ngc(capsys, "eval", str(out), "--ppl-file", str(text_file), "--ppl-len", "16")
+    assert code == 1
+    assert_clean_error(err, "ngc.json cannot be read")

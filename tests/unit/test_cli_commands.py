@@ -40,3 +40,62 @@ def test_models_reports_a_cache_only_when_complete_and_current(capsys, tmp_path,
     assert "yes" in smollm2_row()
     (folder / "ngc_source.json").write_text(json.dumps({"version": "0.0.9"}))
     assert "no (converted" in smollm2_row()  # made from another package version
+
+
+def test_compress_writes_a_checkpoint_that_eval_loads(capsys, tmp_path, tiny_folders, text_file):
+    import json
+
+    out, report = tmp_path / "ckpt", tmp_path / "compress.json"
+    args = [
+        "compress",
+        str(tiny_folders["llama"]),
+        "--method",
+        "basis-sharing",
+        "--ratio",
+        "0.3",
+        "--calib",
+        str(text_file),
+        "--calib-samples",
+        "4",
+        "--calib-len",
+        "32",
+        "--out",
+        str(out),
+        "--json",
+        str(report),
+    ]
+    assert cli.run(args) == 0
+    shown = capsys.readouterr().out
+    assert "decoder linear weights" in shown and "ratio removed R = 0.31" in shown
+    payload = json.loads(report.read_text())
+    assert payload["config"]["method"] == "basis-sharing"
+    assert payload["calibration"] == {
+        "source": str(text_file),
+        "split": None,
+        "n_windows": 4,
+        "window_len": 32,
+        "seed": 0,
+    }
+    assert {g["id"] for g in payload["groups"]} >= {"L0-1:q", "L0:o", "L1:down"}
+    manifest = json.loads((out / "ngc.json").read_text())
+    assert manifest["accounting"]["decoder_linear_params_kept"] == payload["accounting"]["decoder_linear_params_kept"]
+    assert cli.run(["eval", str(out), "--ppl-file", str(text_file), "--ppl-len", "32", "--max-windows", "2"]) == 0
+    assert "ppl" in capsys.readouterr().out
+
+
+def test_compress_dry_run_shows_groups_and_ranks_without_data(capsys, tiny_folders):
+    args = [
+        "compress",
+        str(tiny_folders["gpt2"]),
+        "--method",
+        "ngc",
+        "--topology",
+        "intra",
+        "--ratio",
+        "0.5",
+        "--dry-run",
+    ]
+    assert cli.run(args) == 0
+    captured = capsys.readouterr()
+    assert "L0:q+k+v" in captured.out and "q, k, v" in captured.out
+    assert "removed" in captured.err

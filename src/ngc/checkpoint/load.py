@@ -30,8 +30,15 @@ def load_checkpoint(folder: str | Path, *, dtype: str = "float32", device: str =
         raise CheckpointError(f"{weights} is missing", hint="the checkpoint is incomplete; compress again")
     try:
         missing, unexpected = load_safetensors(model, str(weights), strict=False)
-    except (SafetensorError, OSError, RuntimeError) as exc:
+    except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights} cannot be read: {exc}", hint="the file is damaged; compress again") from exc
+    except RuntimeError as exc:  # shapes differ from those the manifest describes
+        mismatches = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise CheckpointError(
+            f"{weights} does not match {folder / 'ngc.json'}: {mismatches[0] if mismatches else exc}"
+            + (f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""),
+            hint="the weights and the manifest come from different runs; compress again",
+        ) from exc
     if missing or unexpected:
         raise CheckpointError(
             f"{weights} does not match {folder / 'ngc.json'}: missing {sorted(missing)[:4]}, "

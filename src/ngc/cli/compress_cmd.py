@@ -70,6 +70,7 @@ def compress_command(
     from ngc.config import CalibConfig, CompressionConfig
     from ngc.data.windows import CalibrationWindows, calibration_text, sample_windows, tokenize_text
     from ngc.errors import UsageError
+    from ngc.fit.methods import get_method
     from ngc.models.load import parse_dtype
     from ngc.reports.tables import accounting_table, groups_table, stdout_console
     from ngc.topology.blocks import parse_roles
@@ -83,9 +84,10 @@ def compress_command(
         raise UsageError("no --out folder given", hint="add --out DIR (or --dry-run to only see the plan)")
     if out is not None:
         check_target(out, force)
-    text = None if dry_run else calibration_text(calib_config.source, data_dir)
     if Path(model).expanduser().is_dir() and is_checkpoint(Path(model).expanduser()):
         raise UsageError(f"{model} is already a compressed checkpoint", hint="compress the original dense model")
+    needs_data = get_method(method).needs_moments or get_method(method).needs_fisher
+    text = calibration_text(calib_config.source, data_dir) if needs_data and not dry_run else None
 
     from transformers.utils import logging as hf_logging
 
@@ -119,8 +121,7 @@ def compress_command(
         return
 
     calibration = None
-    if method_spec.needs_moments or method_spec.needs_fisher:
-        assert text is not None
+    if text is not None:
         tokens = tokenize_text(loaded.tokenizer, text.text)
         windows = sample_windows(tokens, calib_config.n_windows, calib_config.window_len, seed, loaded.bos_token_id)
         calibration = CalibrationWindows(windows, text.name, text.split, seed)

@@ -27,8 +27,14 @@ _LLAMA_STYLE: dict[str, Any] = dict(
     num_attention_heads=_HEADS,
     max_position_embeddings=_CONTEXT,
 )
+# Gemma3 alternates local (sliding) and global layers, which get different masks and rotary embeddings.
 _GEMMA3_TEXT: dict[str, Any] = dict(
-    _LLAMA_STYLE, num_key_value_heads=1, head_dim=16, sliding_window=64, query_pre_attn_scalar=16
+    _LLAMA_STYLE,
+    num_key_value_heads=1,
+    head_dim=16,
+    sliding_window=16,
+    query_pre_attn_scalar=16,
+    layer_types=["sliding_attention", "full_attention"],
 )
 
 # One config per family, keyed like ngc.arch.ARCHS (the only other place model types are written).

@@ -1,0 +1,159 @@
+"""compress() end to end on tiny models of every family, with every method."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ngc.api import collect_statistics, compress, plan
+from ngc.arch import decoder_layers
+from ngc.config import CompressionConfig
+from ngc.data.windows import CalibrationWindows
+from ngc.errors import UsageError
+from ngc.fit.methods import METHODS
+from ngc.fit.whiten import NumericalError
+from ngc.models.tiny import build_tiny_model, tiny_families
+from ngc.modules.factorized import FactorizedLinear
+
+
+def calibration(n_windows: int = 4, window_len: int = 48, seed: int = 0) -> CalibrationWindows:
+    tokens = torch.randint(0, 250, (n_windows, window_len), generator=torch.Generator().manual_seed(seed))
+    return CalibrationWindows(tokens, "random", None, seed)
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("family", tiny_families())
+def test_every_family_compresses_with_every_method_and_generates(family, method):
+    model = build_tiny_model(family).eval()
+    ids = torch.randint(0, 250, (1, 12), generator=torch.Generator().manual_seed(1))
+    dense = logits(model, ids)
+    result = compress(model, CompressionConfig(method=method, ratio=0.3), calibration())
+    assert 0.3 <= result.accounting.ratio_removed < 0.36
+    assert not result.accounting.dense_modules
+    compressed = logits(model, ids)
+    assert torch.isfinite(compressed).all() and not torch.equal(compressed, dense)
+    out = model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 15)
+
+
+def tiny_llama_weight_shapes() -> list[tuple[int, int]]:
+    """(m, n) of every member of one layer of the tiny Llama: hidden 64, ffn 128, 4 heads, 2 kv heads."""
+    return [(64, 64), (32, 64), (32, 64), (64, 64), (128, 64), (128, 64), (64, 128)]
+
+
+def test_accounting_is_exact_per_matrix():
+    model = build_tiny_model("llama")
+    ratio = 0.3
+    result = compress(model, CompressionConfig(method="svd", ratio=ratio))
+    shapes = tiny_llama_weight_shapes() * 2
+    ranks = [math.floor((1 - ratio) * m * n / (m + n)) for m, n in shapes]
+    kept = sum(k * (m + n) for k, (m, n) in zip(ranks, shapes, strict=True))
+    dense = sum(m * n for m, n in shapes)
+    head = 260 * 64
+    a = result.accounting
+    assert (a.decoder_linear_params_dense, a.decoder_linear_params_kept) == (dense, kept)
+    assert (a.macs_per_token_dense, a.macs_per_token) == (dense + head, kept + head)
+    assert a.model_params_dense - a.model_params_kept == dense - kept
+    assert a.model_params_kept == sum(p.numel() for p in model.parameters())
+    assert a.stored_bytes == 4 * a.model_params_kept
+    assert sorted(g.rank for g in a.groups) == sorted(ranks)
+
+
+def test_cross_layer_basis_is_one_tensor_and_its_compute_is_counted_per_layer():
+    model = build_tiny_model("llama")
+    result = compress(model, CompressionConfig(method="basis-sharing", ratio=0.3), calibration())
+    layers = decoder_layers(model)
+    q0, q1 = layers[0].self_attn.q_proj, layers[1].self_attn.q_proj
+    assert isinstance(q0, FactorizedLinear) and q0.bases[0] is q1.bases[0]
+    assert q0.bases[0].B.data_ptr() == q1.bases[0].B.data_ptr()
+    # q, k, v, gate, up: one basis for both layers, stored once, but each layer computes its own message
+    params = macs = 0
+    for m, n in [(64, 64), (32, 64), (32, 64), (128, 64), (128, 64)]:
+        k = math.floor(0.7 * 2 * m * n / (2 * m + n))
+        params += k * (2 * m + n)
+        macs += k * (2 * m + 2 * n)
+    for m, n in [(64, 64), (64, 128)]:  # o and down stay per matrix
+        k = math.floor(0.7 * m * n / (m + n))
+        params += 2 * k * (m + n)
+        macs += 2 * k * (m + n)
+    a = result.accounting
+    assert a.decoder_linear_params_kept == params
+    assert a.macs_per_token == macs + 260 * 64
+    assert a.model_params_kept == sum(p.numel() for p in model.parameters())
+
+
+def test_intra_group_shares_q_k_v_input_states():
+    model = build_tiny_model("llama")
+    compress(model, CompressionConfig(method="ngc", topology="intra", ratio=0.3), calibration())
+    attn = decoder_layers(model)[0].self_attn
+    assert attn.q_proj.bases[0] is attn.k_proj.bases[0] is attn.v_proj.bases[0]
+    mlp = decoder_layers(model)[0].mlp
+    assert mlp.gate_proj.bases[0] is mlp.up_proj.bases[0] and mlp.down_proj.bases[0] is not mlp.up_proj.bases[0]
+
+
+def test_streamed_and_precollected_statistics_give_the_same_model():
+    calib = calibration()
+    streamed = build_tiny_model("qwen2")
+    collected = build_tiny_model("qwen2")
+    stats = collect_statistics(collected, calib)
+    compress(streamed, CompressionConfig(method="svd-llm", ratio=0.4), calib)
+    compress(collected, CompressionConfig(method="svd-llm", ratio=0.4), stats)
+    ids = torch.randint(0, 250, (1, 10))
+    assert torch.allclose(logits(streamed, ids), logits(collected, ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.1, 1.5])
+def test_ratio_outside_the_open_interval_is_refused(ratio):
+    with pytest.raises(UsageError, match="outside"):
+        CompressionConfig(ratio=ratio)
+
+
+def test_a_ratio_that_leaves_no_rank_names_the_groups():
+    model = build_tiny_model("llama")
+    with pytest.raises(UsageError, match="leaves no rank") as info:
+        plan(model, CompressionConfig(method="svd", ratio=0.995))
+    assert "L0:" in str(info.value)
+
+
+def test_short_calibration_warns_and_still_fits():
+    model = build_tiny_model("llama")
+    result = compress(model, CompressionConfig(method="svd-llm", ratio=0.3), calibration(n_windows=1, window_len=40))
+    assert any("singular" in w for w in result.warnings)
+    assert any("ridge" in w for w in result.warnings)
+
+
+def test_nan_weights_are_refused_before_any_work():
+    model = build_tiny_model("llama")
+    with torch.no_grad():
+        decoder_layers(model)[1].mlp.up_proj.weight[0, 0] = float("nan")
+    with pytest.raises(NumericalError, match=r"layers\.1\.mlp\.up_proj"):
+        compress(model, CompressionConfig(method="svd-llm", ratio=0.3), calibration())
+
+
+def test_methods_needing_data_refuse_to_run_without_it():
+    with pytest.raises(UsageError, match="needs calibration"):
+        compress(build_tiny_model("llama"), CompressionConfig(method="asvd", ratio=0.3))
+
+
+def test_fused_module_must_be_compressed_whole():
+    with pytest.raises(UsageError, match="c_attn"):
+        plan(build_tiny_model("gpt2"), CompressionConfig(method="svd", ratio=0.3, roles=("q", "k")))
+
+
+def test_baselines_refuse_a_topology():
+    with pytest.raises(UsageError, match="fixed structure"):
+        plan(build_tiny_model("llama"), CompressionConfig(method="svd-llm", ratio=0.3, topology="intra"))
+
+
+def test_selected_roles_only():
+    model = build_tiny_model("llama")
+    result = compress(model, CompressionConfig(method="svd-llm", ratio=0.7, roles=("q", "k", "v")), calibration())
+    assert len(result.accounting.dense_modules) == 2 * 4  # o, gate, up, down of both layers stay dense
+    assert all(g.id.split(":")[1] in ("q", "k", "v") for g in result.groups)
