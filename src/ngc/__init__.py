@@ -12,6 +12,14 @@ from typing import Any
 __version__ = version("ngc")
 
 _LAZY = {
+    "compress": "ngc.api",
+    "collect_statistics": "ngc.api",
+    "CompressionResult": "ngc.api",
+    "CompressionConfig": "ngc.config",
+    "CalibConfig": "ngc.config",
+    "account": "ngc.accounting",
+    "load": "ngc.checkpoint.load",
+    "save_checkpoint": "ngc.checkpoint.save",
     "load_model": "ngc.models.load",
     "LoadedModel": "ngc.models.load",
     "perplexity": "ngc.eval.perplexity",

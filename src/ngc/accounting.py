@@ -53,6 +53,13 @@ class Accounting:
         """Compressed over dense MACs per token (the prefill speed-up limit is its inverse)."""
         return self.macs_per_token / self.macs_per_token_dense
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Accounting:
+        """Rebuild from :meth:`to_dict` output (derived keys are recomputed, not read)."""
+        groups = tuple(GroupRank(**{**g, "members": tuple(g["members"])}) for g in data.get("groups", ()))
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k not in ("groups", "dense_modules")}
+        return cls(**fields, groups=groups, dense_modules=tuple(data.get("dense_modules", ())))
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data.update(ratio_removed=self.ratio_removed, model_ratio_kept=self.model_ratio_kept, mac_ratio=self.mac_ratio)

@@ -49,6 +49,8 @@ class CompressionResult:
     accounting: Accounting
     groups: list[GroupReport]
     calibration: dict[str, Any]
+    topology: tuple[Group, ...] = ()
+    ranks: dict[str, int] = field(default_factory=dict)
     calibration_seconds: float = 0.0
     fit_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -149,7 +151,7 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
     stats = calibration if isinstance(calibration, CalibrationStats) else None
     if (method.needs_moments or method.needs_fisher) and windows is None and stats is None:
         raise UsageError(f"method {method.name} needs calibration data", hint="pass calibration windows")
-    result = CompressionResult(config, account(model), [], calibration_info(calibration))
+    result = CompressionResult(config, account(model), [], calibration_info(calibration), groups, ranks)
     fisher = stats.fisher if stats is not None else None
     if method.needs_fisher and fisher is None:
         if windows is None:

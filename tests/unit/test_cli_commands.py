@@ -99,3 +99,67 @@ def test_compress_dry_run_shows_groups_and_ranks_without_data(capsys, tiny_folde
     captured = capsys.readouterr()
     assert "L0:q+k+v" in captured.out and "q, k, v" in captured.out
     assert "removed" in captured.err
+
+
+def test_info_export_and_demo(capsys, tmp_path, tiny_folders, text_file, data_dir):
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ngc.checkpoint.load import load
+
+    out = tmp_path / "ckpt"
+    args = [
+        "compress",
+        str(tiny_folders["gpt2"]),
+        "--method",
+        "basis-sharing",
+        "--ratio",
+        "0.4",
+        "--calib",
+        str(text_file),
+        "--calib-samples",
+        "4",
+        "--calib-len",
+        "32",
+        "--out",
+        str(out),
+    ]
+    assert cli.run(args) == 0
+    capsys.readouterr()
+
+    assert cli.run(["info", str(out), "--groups"]) == 0
+    shown = capsys.readouterr().out
+    assert "basis-sharing at R = 0.4" in shown and "L0-1:q+k+v" not in shown and "L0-1:q" in shown
+    assert cli.run(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["ratio"] == 0.4
+
+    dense = tmp_path / "dense"
+    assert cli.run(["export", str(out), "--dense", str(dense)]) == 0
+    assert "gains nothing" not in capsys.readouterr().err  # the size report, not an error
+    exported = AutoModelForCausalLM.from_pretrained(dense).eval()
+    ids = torch.randint(0, 250, (1, 12))
+    with torch.no_grad():
+        assert torch.allclose(exported(input_ids=ids).logits, load(out)(input_ids=ids).logits, atol=1e-4)
+
+    demo = tmp_path / "demo"
+    args = [
+        "demo",
+        "--model",
+        str(tiny_folders["llama"]),
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(demo),
+        "--calib-samples",
+        "2",
+        "--calib-len",
+        "32",
+        "--max-windows",
+        "2",
+    ]
+    assert cli.run(args) == 0
+    result = json.loads((demo / "demo.json").read_text())
+    assert result["config"]["method"] == "ngc" and result["compressed"]["windows"] == 2
+    assert (demo / "demo.png").stat().st_size > 1000 and (demo / "checkpoint" / "ngc.json").is_file()

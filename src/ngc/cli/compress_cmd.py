@@ -40,7 +40,12 @@ def compress_command(
     json_out: Annotated[
         Path | None, typer.Option("--json", metavar="OUT", help="Also write the result (accounting, groups) as JSON.")
     ] = None,
-    dtype: Annotated[str, typer.Option(metavar="DTYPE", help="float32, bfloat16 or float16.")] = "float32",
+    dtype: Annotated[
+        str, typer.Option(metavar="DTYPE", help="Dtype to load and compress in: float32, bfloat16 or float16.")
+    ] = "float32",
+    save_dtype: Annotated[
+        str | None, typer.Option(metavar="DTYPE", help="Dtype of the saved weights (default: --dtype).")
+    ] = None,
     device: Annotated[str, typer.Option(metavar="DEVICE", help="torch device, e.g. cpu or cuda.")] = "cpu",
     data_dir: Annotated[
         Path | None, typer.Option(metavar="DIR", help="Evaluation data folder (default: $NGC_DATA_DIR).")
@@ -64,8 +69,8 @@ def compress_command(
     """
     from ngc.api import compress, plan
     from ngc.atomic import write_json_atomic
-    from ngc.checkpoint.load import load
-    from ngc.checkpoint.manifest import is_checkpoint
+    from ngc.checkpoint.load import load_any as load
+    from ngc.checkpoint.manifest import base_identity, is_checkpoint
     from ngc.checkpoint.save import check_target, save_checkpoint
     from ngc.config import CalibConfig, CompressionConfig
     from ngc.data.windows import CalibrationWindows, calibration_text, sample_windows, tokenize_text
@@ -79,6 +84,7 @@ def compress_command(
     config = CompressionConfig(method=method, ratio=ratio, roles=parse_roles(roles), topology=topology)
     calib_config = CalibConfig(calib, calib_samples, calib_len, seed)
     parse_dtype(dtype)
+    stored_dtype = parse_dtype(save_dtype) if save_dtype else None
     _check_json_target(json_out)
     if out is None and not dry_run:
         raise UsageError("no --out folder given", hint="add --out DIR (or --dry-run to only see the plan)")
@@ -125,22 +131,21 @@ def compress_command(
         tokens = tokenize_text(loaded.tokenizer, text.text)
         windows = sample_windows(tokens, calib_config.n_windows, calib_config.window_len, seed, loaded.bos_token_id)
         calibration = CalibrationWindows(windows, text.name, text.split, seed)
+    with console.status("hashing the dense weights ..."):
+        base = base_identity(loaded.model, model)
     result = compress(loaded.model, config, calibration)
     console.print(f"calibration {result.calibration_seconds:.1f} s, fitting {result.fit_seconds:.1f} s")
     stdout_console().print(accounting_table(result.accounting, title=f"{method} at R = {ratio} on {model}"))
     assert out is not None
-    record = {
-        "config": config.to_dict(),
-        "calibration": result.calibration,
-        "accounting": result.accounting.to_dict(),
-        "base_model": {"name": model, "folder": str(loaded.folder) if loaded.folder else None},
-        "fit": {
-            "calibration_seconds": result.calibration_seconds,
-            "fit_seconds": result.fit_seconds,
-            "warnings": result.warnings,
-        },
-    }
-    save_checkpoint(loaded.model, loaded.tokenizer, out, groups=list(groups), ranks=ranks, record=record, force=force)
+    save_checkpoint(
+        loaded.model,
+        loaded.tokenizer,
+        out,
+        result,
+        base | {"folder": str(loaded.folder) if loaded.folder else None},
+        dtype=stored_dtype,
+        force=force,
+    )
     console.print(f"wrote {out}")
     if json_out is not None:
         write_json_atomic(json_out, result.to_dict() | {"out": str(out)})

@@ -67,7 +67,7 @@ def eval_command(
       ngc eval ./my-model --ppl-file notes.txt --ppl-len 512 --max-windows 8 --json out.json
     """
     from ngc.atomic import write_json_atomic
-    from ngc.checkpoint.load import load
+    from ngc.checkpoint.load import load_any as load
     from ngc.eval.perplexity import check_eval_args, perplexity
     from ngc.models.load import parse_dtype
     from ngc.reports.results import eval_payload

@@ -79,3 +79,30 @@ def factorize(
         new.to(device=reference.device)
         _set_submodule(model, name, new)
     return bases
+
+
+def densify(model: nn.Module) -> int:
+    """Replace every :class:`FactorizedLinear` by a dense module of the family's kind holding ``A Bᵀ``.
+
+    For tools that cannot load factorised modules; the result has the dense parameter count again. Returns the
+    number of modules replaced.
+    """
+    conv1d = arch_spec(model).conv1d
+    names = [name for name, module in model.named_modules() if isinstance(module, FactorizedLinear)]
+    for name in names:
+        module = model.get_submodule(name)
+        W = module.to_dense().detach()  # (out, in)
+        bias = module.bias
+        if conv1d:
+            from transformers.pytorch_utils import Conv1D
+
+            dense: nn.Module = Conv1D(module.out_features, module.in_features)
+            dense.weight = nn.Parameter(W.T.contiguous())
+            dense.bias = nn.Parameter(bias.detach().clone() if bias is not None else torch.zeros(module.out_features))
+        else:
+            dense = nn.Linear(module.in_features, module.out_features, bias=bias is not None)
+            dense.weight = nn.Parameter(W.contiguous())
+            if bias is not None:
+                dense.bias = nn.Parameter(bias.detach().clone())
+        _set_submodule(model, name, dense.to(device=W.device, dtype=W.dtype))
+    return len(names)

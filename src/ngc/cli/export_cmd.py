@@ -1,0 +1,45 @@
+"""``ngc export DIR --dense OUT``: a plain transformers checkpoint with the rebuilt dense weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def export_command(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="A checkpoint folder written by `ngc compress`.")],
+    dense: Annotated[Path, typer.Option("--dense", metavar="OUT", help="Folder for the dense transformers model.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing OUT folder.")] = False,
+) -> None:
+    """Write DIR's model with every factorised block multiplied back into a dense weight (W = A Bᵀ).
+
+    For tools that cannot load factorised modules: the folder loads with
+    AutoModelForCausalLM.from_pretrained(OUT) and gives the same outputs, but it is as large as the dense model
+    again - compression gains nothing there.
+
+    Example:
+
+      ngc export out/smol-svdllm-30 --dense out/smol-svdllm-30-dense
+    """
+    from rich.console import Console
+
+    from ngc.atomic import atomic_folder
+    from ngc.checkpoint.load import load_checkpoint
+    from ngc.checkpoint.save import check_target
+    from ngc.modules.swap import densify
+
+    check_target(dense, force)
+    console = Console(stderr=True)
+    loaded = load_checkpoint(folder)
+    replaced = densify(loaded.model)
+    with atomic_folder(dense) as tmp:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+    size = sum(p.stat().st_size for p in dense.iterdir())
+    compressed = sum(p.stat().st_size for p in folder.iterdir())
+    console.print(
+        f"wrote {dense}: {replaced} modules rebuilt dense; {size / 2**20:.1f} MiB on disk "
+        f"(the compressed checkpoint takes {compressed / 2**20:.1f} MiB)"
+    )

@@ -1,0 +1,73 @@
+"""Plots (the only module that imports matplotlib; it is imported lazily, with the Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    from ngc.atomic import replace_with
+
+    path = Path(path)
+    with replace_with(path) as tmp:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    _pyplot().close(fig)
+    return path
+
+
+def dense_vs_compressed(
+    title: str, perplexity: Mapping[str, float], kept: Mapping[str, float], path: str | Path
+) -> Path:
+    """Two panels: perplexity of each model; kept fraction of parameters and MACs per token."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    names = list(perplexity)
+    bars = left.bar(names, [perplexity[n] for n in names], color=["#4c72b0", "#dd8452", "#55a868"][: len(names)])
+    left.bar_label(bars, fmt="%.2f")
+    left.set_ylabel("perplexity (lower is better)")
+    left.set_title("WikiText-2 test")
+    labels = list(kept)
+    bars = right.bar(labels, [kept[n] for n in labels], color="#8172b3")
+    right.bar_label(bars, fmt="%.3f")
+    right.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    right.set_ylim(0, 1.15)
+    right.set_ylabel("compressed / dense")
+    right.set_title("what is kept")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def metric_vs_ratio(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    ylabel: str,
+    title: str,
+    path: str | Path,
+    reference: float | None = None,
+    log_y: bool = False,
+) -> Path:
+    """One line per method: ``series[method] = [(ratio, value), ...]``; a dashed line at ``reference``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method, points in series.items():
+        points = sorted(points)
+        ax.plot([r for r, _ in points], [v for _, v in points], marker="o", label=method)
+    if reference is not None:
+        ax.axhline(reference, color="grey", linestyle="--", linewidth=0.9, label="dense")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("ratio removed R")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
