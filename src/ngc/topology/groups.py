@@ -96,26 +96,45 @@ def basis_sharing(members: Sequence[Member]) -> tuple[Group, ...]:
     return cross_layer(members, 2, BASIS_SHARING_ROLES)
 
 
+def intra_cross(members: Sequence[Member], span: int) -> tuple[Group, ...]:
+    """Mixed topology: the intra-layer groups (q+k+v, gate+up, o, down) shared across ``span`` adjacent layers."""
+    if span < 1:
+        raise UsageError(f"cross-layer span must be at least 1, got {span}", hint="use intra-cross-2, ...")
+    buckets: dict[tuple[str, int], list[Member]] = {}
+    for member in members:
+        shared = member.input_key.split(":", 1)[1]  # e.g. "q+k+v"
+        buckets.setdefault((shared, member.layer // span), []).append(member)
+    groups = [Group(tuple(bucket)) for bucket in buckets.values()]
+    return tuple(sorted(groups, key=lambda g: (g.layers[-1], g.layers[0], _first_index(members, g))))
+
+
 TOPOLOGIES: dict[str, Callable[[Sequence[Member]], tuple[Group, ...]]] = {
     "per-matrix": per_matrix,
     "intra": intra,
     "basis-sharing": basis_sharing,
 }
-_CROSS = re.compile(r"cross-(\d+)")
+_CROSS = re.compile(r"(intra-)?cross-(\d+)")
 
 
 def topology_names() -> str:
-    return ", ".join([*TOPOLOGIES, "cross-N (N = 2, 3, ...)"])
+    return ", ".join([*TOPOLOGIES, "cross-N", "intra-cross-N (N = 2, 3, ...)"])
+
+
+def family_groups(name: str, members: Sequence[Member]) -> tuple[Group, ...]:
+    """The groups of one named family over ``members`` (no cover check)."""
+    if name in TOPOLOGIES:
+        return TOPOLOGIES[name](members)
+    if match := _CROSS.fullmatch(name):
+        span = int(match.group(2))
+        return intra_cross(members, span) if match.group(1) else cross_layer(members, span)
+    raise UsageError(f"unknown topology {name!r}", hint=f"topologies: {topology_names()}; or rules / a YAML file")
 
 
 def build_topology(name: str, members: Sequence[Member]) -> tuple[Group, ...]:
-    """The groups of a named topology over ``members``."""
-    if name in TOPOLOGIES:
-        groups = TOPOLOGIES[name](members)
-    elif match := _CROSS.fullmatch(name):
-        groups = cross_layer(members, int(match.group(1)))
-    else:
-        raise UsageError(f"unknown topology {name!r}", hint=f"topologies: {topology_names()}")
+    """The groups of a topology over ``members``: a family name, rules, or a YAML file (see ``parse``)."""
+    from ngc.topology.parse import parse_topology
+
+    groups = parse_topology(name, members)
     check_cover(groups, members)
     return groups
 

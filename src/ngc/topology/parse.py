@@ -1,0 +1,125 @@
+"""User-written topologies (SPEC §2): a family name, per-layer/per-type rules, or a YAML file of explicit groups.
+
+Rules: ``SELECTOR=FAMILY`` separated by ``;``. A selector is roles (``q,k,v``, ``gate,up``, ``all``) and
+optionally ``@layers`` (``0-9``, ``3``, ``0-3,8``). The first rule that matches a block decides; blocks no rule
+matches stay per-matrix. Example: ``q,k,v@0-15=intra-cross-2; gate,up=intra; o,down=per-matrix``.
+
+YAML (a path ending in .yaml/.yml)::
+
+    groups:                      # explicit groups, by module path (module:role for fused modules)
+      - [model.layers.0.self_attn.q_proj, model.layers.1.self_attn.q_proj]
+    rules: "gate,up=intra"       # optional, for blocks not in an explicit group
+    default: per-matrix          # optional, for the rest
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from ngc.arch import ROLES
+from ngc.errors import UsageError
+from ngc.topology.blocks import Member
+from ngc.topology.groups import Group, family_groups
+
+_LAYERS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+def _layers(text: str, rule: str) -> set[int]:
+    if not _LAYERS.match(text):
+        raise UsageError(f"bad layer list {text!r} in rule {rule!r}", hint="write layers like 0-9 or 3 or 0-3,8")
+    chosen: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        chosen.update(range(int(low), int(high or low) + 1))
+    return chosen
+
+
+def _rule(rule: str) -> tuple[set[str], set[int] | None, str]:
+    selector, eq, family = rule.partition("=")
+    if not eq or not family.strip():
+        raise UsageError(f"rule {rule!r} has no '=FAMILY'", hint="write rules like q,k,v=intra; o,down=per-matrix")
+    roles_text, _, layers_text = selector.strip().partition("@")
+    names = [r.strip() for r in roles_text.split(",") if r.strip()]
+    roles = set(ROLES) if names == ["all"] else set(names)
+    unknown = sorted(roles - set(ROLES))
+    if unknown or not roles:
+        raise UsageError(f"unknown role(s) {unknown or names} in rule {rule!r}", hint=f"roles: {', '.join(ROLES)}, all")
+    return roles, (_layers(layers_text.strip(), rule) if layers_text.strip() else None), family.strip()
+
+
+def apply_rules(rules: str, members: Sequence[Member]) -> tuple[list[Group], list[Member]]:
+    """Groups from ``rules``, and the members no rule matched."""
+    assigned: dict[int, list[Member]] = {}
+    parsed = [_rule(r) for r in rules.split(";") if r.strip()]
+    rest: list[Member] = []
+    for member in members:
+        for index, (roles, layers, _family) in enumerate(parsed):
+            if member.role in roles and (layers is None or member.layer in layers):
+                assigned.setdefault(index, []).append(member)
+                break
+        else:
+            rest.append(member)
+    groups = [g for index, chosen in sorted(assigned.items()) for g in family_groups(parsed[index][2], chosen)]
+    return groups, rest
+
+
+def _member_names(members: Sequence[Member]) -> dict[str, Member]:
+    counts: dict[str, int] = {}
+    for member in members:
+        counts[member.module] = counts.get(member.module, 0) + 1
+    names = {f"{m.module}:{m.role}": m for m in members}
+    names.update({m.module: m for m in members if counts[m.module] == 1})
+    return names
+
+
+def explicit_groups(spec: list, members: Sequence[Member]) -> list[Group]:
+    names = _member_names(members)
+    groups = []
+    for entry in spec:
+        if not isinstance(entry, list) or not entry:
+            raise UsageError(f"a group must be a non-empty list of block names, got {entry!r}")
+        unknown = [name for name in entry if name not in names]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(names), n=3)
+            raise UsageError(
+                f"unknown block name(s) {unknown[:3]}",
+                hint=(f"did you mean {', '.join(close)}? " if close else "")
+                + f"there are {len(names)} valid names; `ngc compress MODEL --dry-run` lists the blocks",
+            )
+        groups.append(Group(tuple(names[name] for name in entry)))
+    return groups
+
+
+def parse_topology(text: str, members: Sequence[Member]) -> tuple[Group, ...]:
+    """Groups for ``text``: a family name, rules (contains ``=``), or a YAML file."""
+    text = text.strip()
+    if text.endswith((".yaml", ".yml")):
+        return _from_yaml(Path(text), members)
+    if "=" in text:
+        groups, rest = apply_rules(text, members)
+        return tuple(groups) + family_groups("per-matrix", rest)
+    return family_groups(text, members)
+
+
+def _from_yaml(path: Path, members: Sequence[Member]) -> tuple[Group, ...]:
+    import yaml
+
+    if not path.is_file():
+        raise UsageError(f"topology file {path} does not exist", hint="give a YAML file with a 'groups' list")
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UsageError(f"topology file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(spec, dict) or set(spec) - {"groups", "rules", "default"}:
+        raise UsageError(f"topology file {path} must be a mapping with keys groups, rules, default")
+    groups = explicit_groups(spec.get("groups") or [], members)
+    taken = {m for g in groups for m in g.members}
+    rest = [m for m in members if m not in taken]
+    if spec.get("rules"):
+        ruled, rest = apply_rules(str(spec["rules"]), rest)
+        groups += ruled
+    groups += family_groups(str(spec.get("default", "per-matrix")), rest)
+    return tuple(groups)
