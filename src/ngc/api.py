@@ -19,8 +19,8 @@ from ngc.calib.moments import InputMoments
 from ngc.config import CompressionConfig
 from ngc.data.windows import CalibrationWindows
 from ngc.errors import UsageError
-from ngc.fit.allocate import uniform_rank
-from ngc.fit.closed_form import GroupFit, fit_group
+from ngc.fit.allocate import greedy_ranks, uniform_rank
+from ngc.fit.closed_form import GroupFit, fit_group, spectrum
 from ngc.fit.methods import Method, get_method, group_transform
 from ngc.fit.whiten import NumericalError
 from ngc.modules.swap import factorize
@@ -125,17 +125,28 @@ def calibration_info(calibration: Calibration) -> dict[str, Any]:
 
 
 def collect_statistics(
-    model: nn.Module, calibration: CalibrationWindows, roles: Sequence[str] | None = None, fisher: bool = False
+    model: nn.Module,
+    calibration: CalibrationWindows | torch.Tensor,
+    roles: Sequence[str] | None = None,
+    fisher: bool = False,
 ) -> CalibrationStats:
     """Keep every compressed input's moments (and optionally Fisher), to fit many configurations from one pass."""
     members = find_members(model, parse_roles(roles))
+    tokens = _windows(calibration)
+    if tokens is None:
+        raise UsageError("statistics need calibration windows")
+    info = calibration_info(calibration)
     stats = CalibrationStats(
-        **{k: v for k, v in calibration_info(calibration).items() if k != "source"}, source=calibration.source
+        source=str(info["source"]),
+        split=info.get("split"),
+        n_windows=int(info["n_windows"]),
+        window_len=int(info["window_len"]),
+        seed=int(info.get("seed", 0)),
     )
-    for _layer, moments in stream_layer_moments(model, calibration.tokens, members):
+    for _layer, moments in stream_layer_moments(model, tokens, members):
         stats.moments.update(moments)
     if fisher:
-        stats.fisher = fisher_information(model, calibration.tokens, members)
+        stats.fisher = fisher_information(model, tokens, members)
     return stats
 
 
@@ -159,6 +170,16 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
         start = time.perf_counter()
         fisher = fisher_information(model, windows, members)
         result.calibration_seconds += time.perf_counter() - start
+
+    if config.alloc == "auto":
+        if stats is None and method.needs_moments:
+            start = time.perf_counter()
+            stats = collect_statistics(model, calibration, config.roles)  # auto needs every spectrum first
+            result.calibration_seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        ranks = allocate_auto(model, method, groups, stats.moments if stats else {}, fisher, config)
+        result.ranks = ranks
+        result.fit_seconds += time.perf_counter() - start
 
     pending = list(groups)
     fitted: dict[str, GroupFit] = {}
@@ -219,6 +240,22 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
     for warning in result.warnings:
         log.warning(warning)
     return result
+
+
+def allocate_auto(
+    model: nn.Module,
+    method: Method,
+    groups: Sequence[Group],
+    moments: dict[str, InputMoments],
+    fisher: dict[str, torch.Tensor] | None,
+    config: CompressionConfig,
+) -> dict[str, int]:
+    """Greedy ranks from every group's spectrum in the method's metric (SPEC §4 ``auto``)."""
+    spectra = {}
+    for group in progress(groups, desc="allocation (spectra)", unit="group"):
+        transform = group_transform(method, group, moments, fisher, config.asvd_alpha)
+        spectra[group.id] = spectrum([_member_weight(model, m) for m in group.members], transform)
+    return greedy_ranks(groups, spectra, config.ratio)
 
 
 def _member_weight(model: nn.Module, member: Member) -> torch.Tensor:

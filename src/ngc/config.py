@@ -8,6 +8,8 @@ from typing import Any
 from ngc.arch import ROLES
 from ngc.errors import UsageError
 
+ALLOCATIONS = ("uniform", "auto")
+
 
 @dataclass(frozen=True)
 class CalibConfig:
@@ -34,6 +36,7 @@ class CompressionConfig:
     ratio: float = 0.3
     roles: tuple[str, ...] = ROLES
     topology: str | None = None  # None = the method's own structure
+    alloc: str = "uniform"  # "uniform": every group keeps 1-R of its weights; "auto": greedy on normalised loss
     asvd_alpha: float = 0.5
     version: int = 1
 
@@ -43,6 +46,8 @@ class CompressionConfig:
                 f"ratio {self.ratio} is outside (0, 1)",
                 hint="the ratio is the fraction of decoder linear parameters removed, e.g. 0.3 keeps 70 %",
             )
+        if self.alloc not in ALLOCATIONS:
+            raise UsageError(f"unknown allocation {self.alloc!r}", hint=f"use one of {', '.join(ALLOCATIONS)}")
         object.__setattr__(self, "roles", tuple(self.roles))
 
     def to_dict(self) -> dict[str, Any]:

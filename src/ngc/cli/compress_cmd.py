@@ -27,6 +27,14 @@ def compress_command(
     topology: Annotated[
         str | None, typer.Option(metavar="T", help=f"Grouping for --method ngc: {topology_names()}.")
     ] = None,
+    alloc: Annotated[
+        str,
+        typer.Option(
+            metavar="uniform|auto",
+            help="Rank allocation: every group keeps 1-R of its weights (uniform), or ranks go where the "
+            "normalised loss falls most per parameter, same total (auto).",
+        ),
+    ] = "uniform",
     calib: Annotated[
         str, typer.Option(metavar="NAME|FILE", help="Calibration corpus (train split, else validation) or text file.")
     ] = "wikitext2",
@@ -81,7 +89,7 @@ def compress_command(
     from ngc.topology.blocks import parse_roles
 
     # Everything that needs no model is checked first: flags, output paths, calibration data.
-    config = CompressionConfig(method=method, ratio=ratio, roles=parse_roles(roles), topology=topology)
+    config = CompressionConfig(method=method, ratio=ratio, roles=parse_roles(roles), topology=topology, alloc=alloc)
     calib_config = CalibConfig(calib, calib_samples, calib_len, seed)
     parse_dtype(dtype)
     stored_dtype = parse_dtype(save_dtype) if save_dtype else None
@@ -120,6 +128,8 @@ def compress_command(
         kept = sum(g.kept_params for g in planned)
         dense = sum(g.dense_params for g in planned)
         stdout_console().print(groups_table(planned, title=f"plan: {method} at R = {ratio} on {model}"))
+        if alloc == "auto":
+            console.print("ranks shown are uniform; auto allocation moves them after calibration, same total")
         console.print(
             f"{len(groups)} groups; compressed blocks keep {kept:,} of {dense:,} weights "
             f"({1 - kept / dense:.4f} removed)"

@@ -55,14 +55,27 @@ def truncated_svd(X: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, 
     return US, V_k, sigma
 
 
+def stack(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Members' weights stacked along the output, float64 on the CPU (M, n)."""
+    W = torch.cat([w.detach().to(device="cpu", dtype=torch.float64) for w in weights], dim=0)
+    if not torch.isfinite(W).all():
+        raise NumericalError("a weight to be compressed contains NaN or Inf", hint="check the model's checkpoint")
+    return W
+
+
+def spectrum(weights: Sequence[torch.Tensor], transform: Transform) -> torch.Tensor:
+    """Singular values of ``W_stack S``, descending (what rank allocation needs; cheaper than a fit)."""
+    X = transform.apply(stack(weights))
+    gram = X.T @ X if X.shape[0] >= X.shape[1] else X @ X.T
+    return torch.linalg.eigvalsh(gram).flip(0).clamp_min(0).sqrt()
+
+
 def fit_group(weights: Sequence[torch.Tensor], rank: int, transform: Transform) -> GroupFit:
     """Fit members ``weights`` (each (m_s, n)) with one shared basis of ``rank`` columns.
 
     ``SVD(W_stack S) = U Σ Vᵀ``; ``A = U_k Σ_k`` sliced per member; ``B = S⁻ᵀ V_k``.
     """
-    W = torch.cat([w.detach().to(device="cpu", dtype=torch.float64) for w in weights], dim=0)  # (M, n)
-    if not torch.isfinite(W).all():
-        raise NumericalError("a weight to be compressed contains NaN or Inf", hint="check the model's checkpoint")
+    W = stack(weights)  # (M, n)
     if not 1 <= rank <= min(W.shape):
         raise ValueError(f"rank {rank} outside [1, {min(W.shape)}]")
     A, V_k, sigma = truncated_svd(transform.apply(W), rank)  # (M, k), (n, k)

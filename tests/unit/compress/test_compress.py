@@ -157,3 +157,28 @@ def test_selected_roles_only():
     result = compress(model, CompressionConfig(method="svd-llm", ratio=0.7, roles=("q", "k", "v")), calibration())
     assert len(result.accounting.dense_modules) == 2 * 4  # o, gate, up, down of both layers stay dense
     assert all(g.id.split(":")[1] in ("q", "k", "v") for g in result.groups)
+
+
+def test_auto_allocation_keeps_the_budget_and_lowers_the_normalised_loss():
+    calib = calibration(n_windows=4, window_len=64)
+    uniform, auto = build_tiny_model("llama"), build_tiny_model("llama")
+    config = CompressionConfig(method="ngc", topology="intra", ratio=0.4)
+    by_uniform = compress(uniform, config, calib)
+    by_auto = compress(auto, CompressionConfig(method="ngc", topology="intra", ratio=0.4, alloc="auto"), calib)
+    kept_uniform = by_uniform.accounting.decoder_linear_params_kept
+    assert abs(by_auto.accounting.decoder_linear_params_kept - kept_uniform) <= 0.005 * kept_uniform
+    assert by_auto.accounting.decoder_linear_params_kept <= kept_uniform
+    assert len({g.rank for g in by_auto.groups}) > len({g.rank for g in by_uniform.groups}) - 1
+    assert sum(g.relative_loss for g in by_auto.groups) < sum(g.relative_loss for g in by_uniform.groups)
+
+
+def test_greedy_allocation_is_optimal_on_a_toy():
+    from ngc.fit.allocate import greedy_ranks
+    from ngc.topology.blocks import Member
+    from ngc.topology.groups import Group
+
+    a = Group((Member("a", "q", 0, 10, 10, "L0:q"),))
+    b = Group((Member("b", "q", 1, 10, 10, "L1:q"),))
+    spectra = {a.id: torch.tensor([10.0, 9.0, 8.0, 7.0, 1.0]), b.id: torch.tensor([10.0, 1.0, 0.5, 0.1, 0.1])}
+    ranks = greedy_ranks([a, b], spectra, ratio_removed=0.6)  # uniform: floor(0.4 * 100 / 20) = 2 each
+    assert ranks == {a.id: 3, b.id: 1}
