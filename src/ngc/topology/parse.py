@@ -7,7 +7,7 @@ matches stay per-matrix. Example: ``q,k,v@0-15=intra-cross-2; gate,up=intra; o,d
 YAML (a path ending in .yaml/.yml)::
 
     groups:                      # explicit groups, by module path (module:role for fused modules)
-      - [model.layers.0.self_attn.q_proj, model.layers.1.self_attn.q_proj]
+      - [<path of layer 0's q module>, <path of layer 1's q module>]
     rules: "gate,up=intra"       # optional, for blocks not in an explicit group
     default: per-matrix          # optional, for the rest
 """
