@@ -13,7 +13,7 @@ from torch import nn
 
 from ngc.accounting import Accounting, account
 from ngc.arch import block_at, role_weights
-from ngc.calib.collect import CalibrationStats, stream_layer_moments
+from ngc.calib.collect import CalibrationStats, stream_layer_moments, stream_sequential_moments
 from ngc.calib.fisher import fisher_information
 from ngc.calib.moments import InputMoments
 from ngc.config import CompressionConfig
@@ -22,6 +22,7 @@ from ngc.errors import UsageError
 from ngc.fit.allocate import greedy_ranks, uniform_rank
 from ngc.fit.closed_form import GroupFit, fit_group, spectrum
 from ngc.fit.methods import Method, get_method, group_transform
+from ngc.fit.sequential import sequential_target
 from ngc.fit.whiten import NumericalError
 from ngc.modules.swap import factorize
 from ngc.progress import progress
@@ -74,6 +75,11 @@ def plan(model: nn.Module, config: CompressionConfig) -> tuple[Method, list[Memb
         raise UsageError(
             f"method {method.name} has a fixed structure ({method.topology}); --topology applies to ngc",
             hint=f"drop --topology, or use --method ngc --topology {config.topology}",
+        )
+    if config.sequential and method.weighting != "whiten":
+        raise UsageError(
+            f"the sequential update needs a whitening method; {method.name} weights the SVD otherwise",
+            hint="use --sequential with svd-llm, basis-sharing or ngc",
         )
     members = find_members(model, parse_roles(config.roles))
     if not members:
@@ -162,6 +168,11 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
     stats = calibration if isinstance(calibration, CalibrationStats) else None
     if (method.needs_moments or method.needs_fisher) and windows is None and stats is None:
         raise UsageError(f"method {method.name} needs calibration data", hint="pass calibration windows")
+    if config.sequential and windows is None:
+        raise UsageError(
+            "the sequential update needs calibration windows, not precollected statistics",
+            hint="pass CalibrationWindows",
+        )
     result = CompressionResult(config, account(model), [], calibration_info(calibration), groups, ranks)
     fisher = stats.fisher if stats is not None else None
     if method.needs_fisher and fisher is None:
@@ -192,6 +203,11 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
         for group in ready:
             transform = group_transform(method, group, available, fisher, config.asvd_alpha)
             weights = [_member_weight(model, m) for m in group.members]
+            if config.sequential:
+                weights = [
+                    sequential_target(w, available[m.input_key], m.id)
+                    for w, m in zip(weights, group.members, strict=True)
+                ]
             fitted[group.id] = fit_group(weights, ranks[group.id], transform)
             pending.remove(group)
         done = [g for g in groups if g.id in fitted]
@@ -204,7 +220,12 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
     if method.needs_moments:
         start = time.perf_counter()
         short: list[tuple[str, int, int]] = []
-        for layer, moments in _layer_moments(model, windows, stats, members):
+        layer_moments = (
+            stream_sequential_moments(model, windows, members)
+            if config.sequential and windows is not None
+            else _layer_moments(model, windows, stats, members)
+        )
+        for layer, moments in layer_moments:
             short += _short_inputs(moments)
             available.update(moments)
             result.calibration_seconds += time.perf_counter() - start

@@ -37,6 +37,7 @@ class CompressionConfig:
     roles: tuple[str, ...] = ROLES
     topology: str | None = None  # None = the method's own structure
     alloc: str = "uniform"  # "uniform": every group keeps 1-R of its weights; "auto": greedy on normalised loss
+    sequential: bool = False  # fit each layer on inputs from the already-compressed prefix (SPEC §4)
     asvd_alpha: float = 0.5
     version: int = 1
 

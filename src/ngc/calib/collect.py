@@ -88,3 +88,57 @@ class CalibrationStats:
         for key, value in self.moments.items():
             by_layer.setdefault(int(key[1:].split(":")[0]), {})[key] = value
         yield from sorted(by_layer.items())
+
+
+def _capture_inputs(model: nn.Module, wanted: dict[str, str]) -> tuple[dict[str, torch.Tensor], list]:
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(key: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            captured[key] = args[0].detach()
+
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(keep(key)) for key, name in wanted.items()]
+    return captured, handles
+
+
+@torch.no_grad()
+def stream_sequential_moments(
+    model: nn.Module, windows: torch.Tensor, members: Sequence[Member]
+) -> Iterator[tuple[int, dict[str, InputMoments]]]:
+    """Like :func:`stream_layer_moments`, for the sequential update (SPEC §4).
+
+    Two streams run side by side: the dense model's hidden states, and those of the model as compressed so far.
+    For each input the moments hold ``C̃ = Σ x̃ x̃ᵀ`` (``second``) and ``M = Σ x̃ xᵀ`` (``cross``), where ``x̃`` is
+    what the compressed prefix feeds the (still dense) layer and ``x`` what the dense model feeds it. After a
+    layer is yielded the caller may replace its modules; the compressed stream then runs the replaced layer.
+    """
+    layers = decoder_layers(model)
+    by_layer: dict[int, list[Member]] = {}
+    for member in members:
+        by_layer.setdefault(member.layer, []).append(member)
+    last = max(by_layer, default=-1)
+    calls = record_layer_calls(model, windows)
+    dense = calls.hidden
+    compressed = list(calls.hidden)
+    for index in progress(range(last + 1), desc="calibration, sequential (layers)", unit="layer"):
+        layer = layers[index]
+        wanted = _hook_modules(model, by_layer.get(index, []))
+        moments = {key: InputMoments(_input_width(by_layer[index], key)) for key in wanted}
+        captured, handles = _capture_inputs(model, wanted)
+        try:
+            for w, kwargs in enumerate(calls.kwargs[index]):
+                dense_out = run_layer(layer, dense[w], kwargs)
+                dense_inputs = dict(captured)
+                if wanted:
+                    run_layer(layer, compressed[w], kwargs)
+                    for key in wanted:
+                        moments[key].add_pair(captured[key], dense_inputs[key])
+                dense[w] = dense_out
+        finally:
+            for handle in handles:
+                handle.remove()
+        if wanted:
+            yield index, moments
+        compressed = [run_layer(layer, h, kw) for h, kw in zip(compressed, calls.kwargs[index], strict=True)]

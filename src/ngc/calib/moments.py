@@ -15,6 +15,7 @@ class InputMoments:
     second: torch.Tensor = field(init=False)  # C, (n, n) float64
     abs_sum: torch.Tensor = field(init=False)  # (n,) float64
     tokens: int = 0
+    cross: torch.Tensor | None = None  # M = Σ_t x̃_t x_tᵀ (sequential update: x̃ from the compressed prefix)
 
     def __post_init__(self) -> None:
         self.second = torch.zeros(self.n, self.n, dtype=torch.float64)
@@ -26,6 +27,15 @@ class InputMoments:
         self.second.addmm_(flat.T, flat)
         self.abs_sum.add_(flat.abs().sum(dim=0))
         self.tokens += int(flat.shape[0])
+
+    def add_pair(self, x_compressed: torch.Tensor, x_dense: torch.Tensor) -> None:
+        """Accumulate ``x̃`` (what the compressed prefix feeds this input) and the cross moment with dense ``x``."""
+        self.add(x_compressed)
+        a = x_compressed.detach().reshape(-1, self.n).to(device="cpu", dtype=torch.float64)  # (T, n)
+        b = x_dense.detach().reshape(-1, self.n).to(device="cpu", dtype=torch.float64)
+        if self.cross is None:
+            self.cross = torch.zeros(self.n, self.n, dtype=torch.float64)
+        self.cross.addmm_(a.T, b)
 
     @property
     def abs_mean(self) -> torch.Tensor:
@@ -45,4 +55,6 @@ class InputMoments:
             total.second += part.second
             total.abs_sum += part.abs_sum
             total.tokens += part.tokens
+            if part.cross is not None:
+                total.cross = part.cross.clone() if total.cross is None else total.cross + part.cross
         return total

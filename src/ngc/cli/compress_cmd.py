@@ -35,6 +35,14 @@ def compress_command(
             "normalised loss falls most per parameter, same total (auto).",
         ),
     ] = "uniform",
+    sequential: Annotated[
+        bool,
+        typer.Option(
+            "--sequential/--no-sequential",
+            help="Fit each layer on what the already-compressed layers feed it, with the dense outputs as target "
+            "(whitening methods: svd-llm, basis-sharing, ngc).",
+        ),
+    ] = False,
     calib: Annotated[
         str, typer.Option(metavar="NAME|FILE", help="Calibration corpus (train split, else validation) or text file.")
     ] = "wikitext2",
@@ -89,7 +97,14 @@ def compress_command(
     from ngc.topology.blocks import parse_roles
 
     # Everything that needs no model is checked first: flags, output paths, calibration data.
-    config = CompressionConfig(method=method, ratio=ratio, roles=parse_roles(roles), topology=topology, alloc=alloc)
+    config = CompressionConfig(
+        method=method,
+        ratio=ratio,
+        roles=parse_roles(roles),
+        topology=topology,
+        alloc=alloc,
+        sequential=sequential,
+    )
     calib_config = CalibConfig(calib, calib_samples, calib_len, seed)
     parse_dtype(dtype)
     stored_dtype = parse_dtype(save_dtype) if save_dtype else None

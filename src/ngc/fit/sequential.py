@@ -1,0 +1,24 @@
+"""The sequential update's target (SPEC §4): fit on what the compressed prefix feeds a block.
+
+With ``x̃`` the input from the already-compressed layers and ``x`` the dense input, the block should give
+``Ŵ x̃ ≈ W x``. Over calibration tokens, ``‖X̃ Ŵᵀ − X Wᵀ‖²`` is minimised without a rank limit by
+``Ŵ* = W Mᵀ C̃⁻¹`` (``M = X̃ᵀX``, ``C̃ = X̃ᵀX̃``), and for any Ŵ it equals ``‖(Ŵ − Ŵ*) L̃‖² + const``
+(``C̃ = L̃ L̃ᵀ``). So the rank-k fit is the whitened truncation of ``Ŵ*`` under ``C̃``: the closed form of §4
+applied to target ``Ŵ*`` and moments ``C̃``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ngc.calib.moments import InputMoments
+from ngc.fit.whiten import whitening
+
+
+def sequential_target(W: torch.Tensor, moments: InputMoments, what: str = "input") -> torch.Tensor:
+    """``Ŵ* = W Mᵀ C̃⁻¹`` for ``W`` (m, n), float64."""
+    if moments.cross is None:
+        raise ValueError("sequential moments need the cross moment M")
+    L = whitening(moments.second, what).factor  # C̃ (+ ridge) = L Lᵀ
+    W = W.detach().to(device="cpu", dtype=torch.float64)
+    return torch.cholesky_solve(moments.cross @ W.T, L).T  # (C̃⁻¹ M Wᵀ)ᵀ

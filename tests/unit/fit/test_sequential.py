@@ -1,0 +1,46 @@
+"""The sequential update's target (SPEC §4)."""
+
+from __future__ import annotations
+
+import torch
+
+from ngc.calib.moments import InputMoments
+from ngc.fit.closed_form import fit_group
+from ngc.fit.sequential import sequential_target
+from ngc.fit.whiten import whitening
+
+
+def paired_moments(X_tilde: torch.Tensor, X: torch.Tensor) -> InputMoments:
+    moments = InputMoments(X.shape[1])
+    moments.add_pair(X_tilde, X)
+    return moments
+
+
+def test_target_is_the_weight_itself_when_the_prefix_is_exact():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(100, 8, generator=g, dtype=torch.float64)
+    W = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    assert torch.allclose(sequential_target(W, paired_moments(X, X)), W, atol=1e-9)
+
+
+def test_rank_k_fit_of_the_target_minimises_the_sequential_objective():
+    g = torch.Generator().manual_seed(1)
+    n, k = 10, 4
+    X = torch.randn(300, n, generator=g, dtype=torch.float64)
+    X_tilde = X + 0.3 * torch.randn(300, n, generator=g, dtype=torch.float64)  # what a lossy prefix feeds
+    W = torch.randn(7, n, generator=g, dtype=torch.float64)
+    moments = paired_moments(X_tilde, X)
+    target = sequential_target(W, moments)
+    # unconstrained: the least-squares solution of X̃ Ŵᵀ = X Wᵀ
+    assert torch.allclose(target, torch.linalg.lstsq(X_tilde, X @ W.T).solution.T, atol=1e-8)
+
+    def objective(W_hat: torch.Tensor) -> float:
+        return float((X_tilde @ W_hat.T - X @ W.T).pow(2).sum())
+
+    sequential = fit_group([target], k, whitening(moments.second))
+    plain = fit_group([W], k, whitening(X_tilde.T @ X_tilde))  # ignores that x̃ differs from x
+    best = objective(sequential.A[0] @ sequential.B.T)
+    assert best < objective(plain.A[0] @ plain.B.T)
+    # optimality: the loss identity holds up to the constant part
+    constant = objective(target)
+    assert abs(best - constant - sequential.loss) <= 1e-8 * best
