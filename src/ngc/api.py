@@ -20,6 +20,7 @@ from ngc.config import CompressionConfig
 from ngc.data.windows import CalibrationWindows
 from ngc.errors import UsageError
 from ngc.fit.allocate import greedy_ranks, uniform_rank
+from ngc.fit.alternating import alternate
 from ngc.fit.closed_form import GroupFit, fit_group, spectrum
 from ngc.fit.methods import Method, get_method, group_transform
 from ngc.fit.sequential import sequential_target
@@ -55,6 +56,7 @@ class CompressionResult:
     calibration_seconds: float = 0.0
     fit_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    exact: dict[str, tuple[float, float]] = field(default_factory=dict)  # group -> exact loss before, after
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +67,7 @@ class CompressionResult:
             "calibration_seconds": self.calibration_seconds,
             "fit_seconds": self.fit_seconds,
             "warnings": self.warnings,
+            "exact": {k: list(v) for k, v in self.exact.items()},
         }
 
 
@@ -76,11 +79,12 @@ def plan(model: nn.Module, config: CompressionConfig) -> tuple[Method, list[Memb
             f"method {method.name} has a fixed structure ({method.topology}); --topology applies to ngc",
             hint=f"drop --topology, or use --method ngc --topology {config.topology}",
         )
-    if config.sequential and method.weighting != "whiten":
-        raise UsageError(
-            f"the sequential update needs a whitening method; {method.name} weights the SVD otherwise",
-            hint="use --sequential with svd-llm, basis-sharing or ngc",
-        )
+    for flag, wanted in (("--sequential", config.sequential), ("--exact", config.exact)):
+        if wanted and method.weighting != "whiten":
+            raise UsageError(
+                f"{flag} needs a whitening method; {method.name} weights the SVD otherwise",
+                hint=f"use {flag} with svd-llm, basis-sharing or ngc",
+            )
     members = find_members(model, parse_roles(config.roles))
     if not members:
         raise UsageError("no decoder linear block matches the selected roles", hint="check --roles")
@@ -209,6 +213,8 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
                     for w, m in zip(weights, group.members, strict=True)
                 ]
             fitted[group.id] = fit_group(weights, ranks[group.id], transform)
+            if config.exact and len({m.input_key for m in group.members}) > 1:
+                fitted[group.id], result.exact[group.id] = refine_exact(fitted[group.id], weights, group, available)
             pending.remove(group)
         done = [g for g in groups if g.id in fitted]
         factorize(model, done, ranks, fitted, modules=_modules_done(ready, pending), bases=bases)
@@ -261,6 +267,16 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
     for warning in result.warnings:
         log.warning(warning)
     return result
+
+
+def refine_exact(
+    fit: GroupFit, weights: Sequence[torch.Tensor], group: Group, moments: dict[str, InputMoments]
+) -> tuple[GroupFit, tuple[float, float]]:
+    """Alternating solves on the exact per-member objective (only groups whose members read different inputs)."""
+    targets = [w.detach().to(device="cpu", dtype=torch.float64) for w in weights]
+    covariances = [moments[m.input_key].second for m in group.members]
+    A, B, losses = alternate(targets, fit.A, fit.B, covariances)
+    return GroupFit(tuple(A), B, fit.sigma, fit.ridge), (losses[0], losses[-1])
 
 
 def allocate_auto(

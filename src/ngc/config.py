@@ -38,6 +38,7 @@ class CompressionConfig:
     topology: str | None = None  # None = the method's own structure
     alloc: str = "uniform"  # "uniform": every group keeps 1-R of its weights; "auto": greedy on normalised loss
     sequential: bool = False  # fit each layer on inputs from the already-compressed prefix (SPEC §4)
+    exact: bool = False  # refine groups whose members read different inputs by alternating solves (SPEC §4)
     asvd_alpha: float = 0.5
     version: int = 1
 

@@ -43,6 +43,14 @@ def compress_command(
             "(whitening methods: svd-llm, basis-sharing, ngc).",
         ),
     ] = False,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact/--no-exact",
+            help="Refine groups whose members read different inputs (cross-layer) by alternating closed-form "
+            "solves on the exact per-member objective.",
+        ),
+    ] = False,
     calib: Annotated[
         str, typer.Option(metavar="NAME|FILE", help="Calibration corpus (train split, else validation) or text file.")
     ] = "wikitext2",
@@ -104,6 +112,7 @@ def compress_command(
         topology=topology,
         alloc=alloc,
         sequential=sequential,
+        exact=exact,
     )
     calib_config = CalibConfig(calib, calib_samples, calib_len, seed)
     parse_dtype(dtype)

@@ -200,7 +200,7 @@ def test_sequential_update_runs_and_tracks_the_dense_model_better():
 
 
 def test_sequential_needs_whitening_and_windows():
-    with pytest.raises(UsageError, match="whitening method"):
+    with pytest.raises(UsageError, match="--sequential needs a whitening method"):
         plan(build_tiny_model("llama"), CompressionConfig(method="asvd", ratio=0.3, sequential=True))
     model = build_tiny_model("llama")
     stats = collect_statistics(model, calibration())
@@ -219,3 +219,11 @@ def test_every_family_runs_the_full_ngc_pipeline(family):
     assert abs(kept - expected.accounting.decoder_linear_params_kept) <= 0.005 * kept
     out = model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=2, min_new_tokens=2, do_sample=False)
     assert out.shape == (1, 5)
+
+
+def test_exact_objective_refines_cross_layer_groups_only():
+    model = build_tiny_model("llama")
+    config = CompressionConfig(method="basis-sharing", ratio=0.4, exact=True)
+    result = compress(model, config, calibration(window_len=64))
+    assert set(result.exact) == {"L0-1:q", "L0-1:k", "L0-1:v", "L0-1:gate", "L0-1:up"}
+    assert all(after < before for before, after in result.exact.values())
