@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,8 @@ from ngc.fit.sequential import sequential_target
 from ngc.fit.whiten import NumericalError
 from ngc.modules.swap import factorize
 from ngc.progress import progress
+from ngc.refine.distill import distill
+from ngc.refine.local import refine_local
 from ngc.topology.blocks import Member, find_members, parse_roles
 from ngc.topology.groups import Group, build_topology
 
@@ -57,6 +60,8 @@ class CompressionResult:
     fit_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     exact: dict[str, tuple[float, float]] = field(default_factory=dict)  # group -> exact loss before, after
+    local: dict[str, tuple[float, float]] = field(default_factory=dict)  # group -> normalised MSE before, after
+    distill: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +73,8 @@ class CompressionResult:
             "fit_seconds": self.fit_seconds,
             "warnings": self.warnings,
             "exact": {k: list(v) for k, v in self.exact.items()},
+            "local": {k: list(v) for k, v in self.local.items()},
+            "distill": self.distill,
         }
 
 
@@ -107,7 +114,7 @@ def _check_weights(model: nn.Module, members: Sequence[Member]) -> None:
 
 
 def _windows(calibration: Calibration) -> torch.Tensor | None:
-    if isinstance(calibration, CalibrationWindows):
+    if isinstance(calibration, (CalibrationWindows, CalibrationStats)):
         return calibration.tokens
     return calibration if isinstance(calibration, torch.Tensor) else None
 
@@ -152,6 +159,7 @@ def collect_statistics(
         n_windows=int(info["n_windows"]),
         window_len=int(info["window_len"]),
         seed=int(info.get("seed", 0)),
+        tokens=tokens,
     )
     for _layer, moments in stream_layer_moments(model, tokens, members):
         stats.moments.update(moments)
@@ -172,11 +180,12 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
     stats = calibration if isinstance(calibration, CalibrationStats) else None
     if (method.needs_moments or method.needs_fisher) and windows is None and stats is None:
         raise UsageError(f"method {method.name} needs calibration data", hint="pass calibration windows")
-    if config.sequential and windows is None:
-        raise UsageError(
-            "the sequential update needs calibration windows, not precollected statistics",
-            hint="pass CalibrationWindows",
-        )
+    for needed, what in ((config.sequential, "the sequential update"), (config.refine == "distill", "distillation")):
+        if needed and windows is None:
+            raise UsageError(
+                f"{what} needs calibration windows",
+                hint="pass CalibrationWindows or statistics collected by collect_statistics (they keep the windows)",
+            )
     result = CompressionResult(config, account(model), [], calibration_info(calibration), groups, ranks)
     fisher = stats.fisher if stats is not None else None
     if method.needs_fisher and fisher is None:
@@ -186,6 +195,7 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
         fisher = fisher_information(model, windows, members)
         result.calibration_seconds += time.perf_counter() - start
 
+    teacher = copy.deepcopy(model) if config.refine == "distill" else None
     if config.alloc == "auto":
         if stats is None and method.needs_moments:
             start = time.perf_counter()
@@ -215,6 +225,14 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
             fitted[group.id] = fit_group(weights, ranks[group.id], transform)
             if config.exact and len({m.input_key for m in group.members}) > 1:
                 fitted[group.id], result.exact[group.id] = refine_exact(fitted[group.id], weights, group, available)
+            if config.refine == "local":
+                fit = fitted[group.id]
+                targets = [w.detach().to(device="cpu", dtype=torch.float64) for w in weights]
+                covariances = [available[m.input_key].second for m in group.members]
+                A, B, result.local[group.id] = refine_local(
+                    targets, fit.A, fit.B, covariances, config.steps, config.refine_lr
+                )
+                fitted[group.id] = GroupFit(tuple(A), B, fit.sigma, fit.ridge)
             pending.remove(group)
         done = [g for g in groups if g.id in fitted]
         factorize(model, done, ranks, fitted, modules=_modules_done(ready, pending), bases=bases)
@@ -223,7 +241,7 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
             del available[key]
         result.fit_seconds += time.perf_counter() - start
 
-    if method.needs_moments:
+    if method.needs_moments or config.refine == "local":
         start = time.perf_counter()
         short: list[tuple[str, int, int]] = []
         layer_moments = (
@@ -246,6 +264,12 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
     if pending:
         raise RuntimeError(f"groups left unfitted: {[g.id for g in pending]}")
 
+    if teacher is not None:
+        if windows is None:
+            raise UsageError("distillation needs calibration windows", hint="pass CalibrationWindows")
+        seed = calibration.seed if isinstance(calibration, (CalibrationWindows, CalibrationStats)) else 0
+        result.distill = distill(model, teacher, windows, config.steps, config.refine_lr, seed).to_dict()
+        del teacher
     result.accounting = account(model)
     result.groups = [
         GroupReport(

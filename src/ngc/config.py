@@ -9,6 +9,7 @@ from ngc.arch import ROLES
 from ngc.errors import UsageError
 
 ALLOCATIONS = ("uniform", "auto")
+REFINE_STEPS = {"local": 50, "distill": 100}  # default steps per refinement mode
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class CompressionConfig:
     alloc: str = "uniform"  # "uniform": every group keeps 1-R of its weights; "auto": greedy on normalised loss
     sequential: bool = False  # fit each layer on inputs from the already-compressed prefix (SPEC §4)
     exact: bool = False  # refine groups whose members read different inputs by alternating solves (SPEC §4)
+    refine: str = "none"  # SPEC §5: "none", "local" (per-group output MSE) or "distill" (KL to the dense model)
+    refine_steps: int = 0  # 0 = the mode's default (REFINE_STEPS)
+    refine_lr: float = 1e-3  # relative step: about this fraction of each factor's mean magnitude
     asvd_alpha: float = 0.5
     version: int = 1
 
@@ -48,9 +52,18 @@ class CompressionConfig:
                 f"ratio {self.ratio} is outside (0, 1)",
                 hint="the ratio is the fraction of decoder linear parameters removed, e.g. 0.3 keeps 70 %",
             )
+        if self.refine not in REFINE_STEPS and self.refine != "none":
+            raise UsageError(f"unknown refinement {self.refine!r}", hint="use none, local or distill")
+        if self.refine_steps < 0 or self.refine_lr <= 0:
+            raise UsageError("refinement needs steps >= 0 and a positive learning rate")
         if self.alloc not in ALLOCATIONS:
             raise UsageError(f"unknown allocation {self.alloc!r}", hint=f"use one of {', '.join(ALLOCATIONS)}")
         object.__setattr__(self, "roles", tuple(self.roles))
+
+    @property
+    def steps(self) -> int:
+        """Refinement steps: the explicit count, else the mode's default."""
+        return self.refine_steps or REFINE_STEPS.get(self.refine, 0)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

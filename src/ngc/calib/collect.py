@@ -77,6 +77,7 @@ class CalibrationStats:
 
     moments: dict[str, InputMoments] = field(default_factory=dict)
     fisher: dict[str, torch.Tensor] | None = None  # member id -> per-input-channel Fisher information
+    tokens: torch.Tensor | None = None  # the (N, L) windows, for steps that need activations (distillation)
     n_windows: int = 0
     window_len: int = 0
     source: str = ""

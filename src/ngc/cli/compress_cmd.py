@@ -51,6 +51,20 @@ def compress_command(
             "solves on the exact per-member objective.",
         ),
     ] = False,
+    refine: Annotated[
+        str,
+        typer.Option(
+            metavar="none|local|distill",
+            help="Refinement after the closed form (SPEC §5): per-group output MSE (local), or KL to the dense "
+            "model on the calibration windows (distill). The parameter count never changes.",
+        ),
+    ] = "none",
+    refine_steps: Annotated[
+        int, typer.Option(metavar="K", help="Refinement steps (0 = default: local 50 per group, distill 100).")
+    ] = 0,
+    refine_lr: Annotated[
+        float, typer.Option(metavar="LR", help="Relative step size of refinement (fraction of a factor's mean |x|).")
+    ] = 1e-3,
     calib: Annotated[
         str, typer.Option(metavar="NAME|FILE", help="Calibration corpus (train split, else validation) or text file.")
     ] = "wikitext2",
@@ -113,6 +127,9 @@ def compress_command(
         alloc=alloc,
         sequential=sequential,
         exact=exact,
+        refine=refine,
+        refine_steps=refine_steps,
+        refine_lr=refine_lr,
     )
     calib_config = CalibConfig(calib, calib_samples, calib_len, seed)
     parse_dtype(dtype)

@@ -62,10 +62,10 @@ def distill(
     teacher: nn.Module,
     windows: torch.Tensor,
     steps: int,
-    lr: float = 1e-4,
+    lr: float = 1e-3,
     seed: int = 0,
 ) -> RefineReport:
-    """``steps`` AdamW steps, one calibration window each (cycling in a seeded order), cosine-decayed lr."""
+    """``steps`` Adam steps, one calibration window each (cycling in a seeded order), cosine-decayed relative lr."""
     import time
 
     start = time.perf_counter()
@@ -78,7 +78,9 @@ def distill(
     teacher.eval()
     was_training = student.training
     student.eval()  # no dropout: the student should match the teacher's deterministic outputs
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    # lr is relative: each tensor steps by about lr times its mean absolute entry (A and B differ in scale)
+    base_lrs = [lr * (float(p.detach().abs().mean()) or 1.0) for p in params]
+    optimizer = torch.optim.Adam([{"params": [p], "lr": base} for p, base in zip(params, base_lrs, strict=True)])
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed)).tolist()
     device = next(student.parameters()).device
     report = RefineReport("distill", steps)
@@ -90,8 +92,9 @@ def distill(
             loss = kl_to_teacher(student(input_ids=ids).logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
+            decay = 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
+            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = base * decay
             optimizer.step()
             report.losses.append(float(loss))
     finally:

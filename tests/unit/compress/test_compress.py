@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from ngc.accounting import account
 from ngc.api import collect_statistics, compress, plan
 from ngc.arch import decoder_layers
 from ngc.config import CompressionConfig
@@ -204,6 +205,7 @@ def test_sequential_needs_whitening_and_windows():
         plan(build_tiny_model("llama"), CompressionConfig(method="asvd", ratio=0.3, sequential=True))
     model = build_tiny_model("llama")
     stats = collect_statistics(model, calibration())
+    stats.tokens = None
     with pytest.raises(UsageError, match="sequential update needs calibration windows"):
         compress(model, CompressionConfig(method="svd-llm", ratio=0.3, sequential=True), stats)
 
@@ -227,3 +229,32 @@ def test_exact_objective_refines_cross_layer_groups_only():
     result = compress(model, config, calibration(window_len=64))
     assert set(result.exact) == {"L0-1:q", "L0-1:k", "L0-1:v", "L0-1:gate", "L0-1:up"}
     assert all(after < before for before, after in result.exact.values())
+
+
+@pytest.mark.parametrize("method", ["svd", "svd-llm", "basis-sharing"])
+def test_local_refinement_lowers_each_groups_output_error(method):
+    model = build_tiny_model("llama")
+    config = CompressionConfig(method=method, ratio=0.4, refine="local", refine_steps=20)
+    result = compress(model, config, calibration(window_len=64))
+    assert len(result.local) == len(result.groups)
+    assert all(after <= before for before, after in result.local.values())
+    if method != "svd-llm":  # per-matrix whitening is already the optimum of this objective: nothing to gain
+        assert sum(after for _, after in result.local.values()) < sum(b for b, _ in result.local.values())
+
+
+def test_distillation_lowers_the_kl_and_keeps_the_parameter_count():
+    calib = calibration(n_windows=4, window_len=32)
+    plain = build_tiny_model("llama")
+    compress(plain, CompressionConfig(method="ngc", ratio=0.5), calib)
+    model = build_tiny_model("llama")
+    config = CompressionConfig(method="ngc", ratio=0.5, refine="distill", refine_steps=12, refine_lr=1e-2)
+    result = compress(model, config, calib)
+    assert result.accounting.model_params_kept == account(plain).model_params_kept
+    dense = build_tiny_model("llama")
+    from ngc.refine.distill import kl_to_teacher
+
+    def kl(student) -> float:
+        return float(kl_to_teacher(logits(student, calib.tokens), logits(dense, calib.tokens)))
+
+    assert kl(model) < kl(plain)
+    assert result.distill["steps"] == 12 and len(result.distill["last_losses"]) == 5
