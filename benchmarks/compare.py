@@ -1,11 +1,14 @@
-"""WikiText-2 perplexity of every baseline at several ratios, from one calibration pass (SPEC §6, §7).
+"""WikiText-2 perplexity of compression settings at several ratios, from one calibration set (SPEC §6, §7).
 
-Statistics (moments of every compressed input, and Fisher information) are collected once on the dense model
-and every (method, ratio) cell is fitted from them, exactly as ``ngc compress`` would from the same windows.
-Finished cells are kept in the JSON and skipped on a rerun (delete the file to start over).
+A cell is a label and CompressionConfig fields: ``--cell "ngc-intra=method=ngc,topology=intra"``; the default
+cells are the five baselines. Statistics (moments of every compressed input, Fisher information) are collected
+once on the dense model and shared by every cell that can use them; cells with the sequential update or
+distillation stream the same windows again. Finished cells are kept in the JSON and skipped on a rerun.
 
-    NGC_DATA_DIR=../shared/data python benchmarks/baselines.py \
-        --out benchmarks/results/baselines_smollm2.json
+    NGC_DATA_DIR=../shared/data python benchmarks/compare.py --out benchmarks/results/baselines_smollm2.json
+    NGC_DATA_DIR=../shared/data python benchmarks/compare.py --ratios 0.3 \
+        --cell "intra=method=ngc,topology=intra" --cell "intra+auto=method=ngc,topology=intra,alloc=auto" \
+        --out benchmarks/results/ablation_smollm2.json
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from ngc.models.load import load_model
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--methods", default="svd,fwsvd,asvd,svd-llm,basis-sharing")
+    parser.add_argument("--cell", action="append", default=None, metavar="LABEL=FIELD=VALUE,...",
+                        help="a setting to compare (repeatable); default: the five baselines")
     parser.add_argument("--ratios", default="0.2,0.3,0.4,0.5")
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--calib-len", type=int, default=512)
@@ -44,7 +48,8 @@ def main() -> None:
     loaded = load_model(args.model)
     bos = loaded.bos_token_id
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "methods", "ratios")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "cell", "ratios")}
+    cells = [parse_cell(text) for text in (args.cell or DEFAULT_CELLS)]
     if results.get("settings", settings) != settings:
         raise SystemExit(f"{args.out} was made with other settings {results['settings']}; delete it or match them")
     results["settings"] = settings
@@ -64,7 +69,7 @@ def main() -> None:
 
     calib = calibration_windows(loaded.tokenizer, "wikitext2", args.calib_samples, args.calib_len, args.seed, bos)
     start = time.perf_counter()
-    stats = collect_statistics(loaded.model, calib, fisher="fwsvd" in args.methods.split(","))
+    stats = collect_statistics(loaded.model, calib, fisher=any(c["method"] == "fwsvd" for _, c in cells))
     results["calibration"] = {
         "source": calib.source,
         "split": calib.split,
@@ -75,16 +80,19 @@ def main() -> None:
     }
     print(f"statistics collected in {results['calibration']['seconds']:.1f} s", flush=True)
 
-    for method in args.methods.split(","):
+    for label, fields in cells:
         for ratio in [float(r) for r in args.ratios.split(",")]:
-            key = f"{method}@{ratio}"
+            key = f"{label}@{ratio}"
             if key in results["cells"]:
                 continue
             model = copy.deepcopy(loaded.model)
-            result = compress(model, CompressionConfig(method=method, ratio=ratio), stats)
+            config = CompressionConfig(**fields, ratio=ratio)
+            result = compress(model, config, stats)
             cell = ppl(model) | {
-                "method": method,
+                "method": label,
+                "config": config.to_dict(),
                 "ratio": ratio,
+                "calibration_seconds": result.calibration_seconds,
                 "fit_seconds": result.fit_seconds,
                 "accounting": result.accounting.to_dict() | {"groups": len(result.accounting.groups)},
                 "warnings": result.warnings,
@@ -98,6 +106,22 @@ def main() -> None:
             )
             del model
     write_text_atomic(args.out.with_suffix(".md"), markdown(results))
+
+
+DEFAULT_CELLS = [f"{m}=method={m}" for m in ("svd", "fwsvd", "asvd", "svd-llm", "basis-sharing")]
+_BOOL = {"true": True, "false": False}
+
+
+def parse_cell(text: str) -> tuple[str, dict]:
+    """``"label=field=value,field=value"`` -> (label, CompressionConfig fields)."""
+    label, _, rest = text.partition("=")
+    fields: dict = {}
+    for item in filter(None, rest.split(",")):
+        name, _, value = item.partition("=")
+        default = getattr(CompressionConfig(), name)
+        kind = str if default is None else type(default)
+        fields[name] = _BOOL[value.lower()] if kind is bool else kind(value)
+    return label, fields
 
 
 def markdown(results: dict) -> str:
