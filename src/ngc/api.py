@@ -21,7 +21,7 @@ from ngc.config import CompressionConfig
 from ngc.data.windows import CalibrationWindows
 from ngc.errors import UsageError
 from ngc.fit.allocate import greedy_ranks, uniform_rank
-from ngc.fit.alternating import alternate
+from ngc.fit.alternating import alternate, exact_loss
 from ngc.fit.closed_form import GroupFit, fit_group, spectrum
 from ngc.fit.methods import Method, get_method, group_transform
 from ngc.fit.sequential import sequential_target
@@ -30,11 +30,13 @@ from ngc.modules.swap import factorize
 from ngc.progress import progress
 from ngc.refine.distill import distill
 from ngc.refine.local import refine_local
+from ngc.topology.auto import choose
 from ngc.topology.blocks import Member, find_members, parse_roles
 from ngc.topology.groups import Group, build_topology
 
 log = logging.getLogger(__name__)
 
+AUTO = "auto"
 Calibration = CalibrationWindows | CalibrationStats | torch.Tensor | None
 
 
@@ -61,6 +63,7 @@ class CompressionResult:
     warnings: list[str] = field(default_factory=list)
     exact: dict[str, tuple[float, float]] = field(default_factory=dict)  # group -> exact loss before, after
     local: dict[str, tuple[float, float]] = field(default_factory=dict)  # group -> normalised MSE before, after
+    decisions: dict[str, str] = field(default_factory=dict)  # auto topology: unit -> chosen family
     distill: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +78,7 @@ class CompressionResult:
             "exact": {k: list(v) for k, v in self.exact.items()},
             "local": {k: list(v) for k, v in self.local.items()},
             "distill": self.distill,
+            "decisions": self.decisions,
         }
 
 
@@ -95,7 +99,9 @@ def plan(model: nn.Module, config: CompressionConfig) -> tuple[Method, list[Memb
     members = find_members(model, parse_roles(config.roles))
     if not members:
         raise UsageError("no decoder linear block matches the selected roles", hint="check --roles")
-    groups = build_topology(config.topology or method.topology, members)
+    topology = config.topology or method.topology
+    # auto is chosen after calibration (compress); until then the plan shows per-matrix groups
+    groups = build_topology("per-matrix" if topology == AUTO else topology, members)
     ranks = {group.id: uniform_rank(group, config.ratio) for group in groups}
     empty = [group.id for group in groups if ranks[group.id] < 1]
     if empty:
@@ -196,11 +202,19 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
         result.calibration_seconds += time.perf_counter() - start
 
     teacher = copy.deepcopy(model) if config.refine == "distill" else None
+    auto_topology = config.topology == AUTO
+    if (config.alloc == "auto" or auto_topology) and stats is None and method.needs_moments:
+        start = time.perf_counter()
+        stats = collect_statistics(model, calibration, config.roles)  # auto needs every group's loss first
+        result.calibration_seconds += time.perf_counter() - start
+    if auto_topology:
+        assert stats is not None
+        start = time.perf_counter()
+        groups, result.decisions = choose_topology(model, method, members, stats.moments, config)
+        ranks = {group.id: uniform_rank(group, config.ratio) for group in groups}
+        result.topology, result.ranks = groups, ranks
+        result.fit_seconds += time.perf_counter() - start
     if config.alloc == "auto":
-        if stats is None and method.needs_moments:
-            start = time.perf_counter()
-            stats = collect_statistics(model, calibration, config.roles)  # auto needs every spectrum first
-            result.calibration_seconds += time.perf_counter() - start
         start = time.perf_counter()
         ranks = allocate_auto(model, method, groups, stats.moments if stats else {}, fisher, config)
         result.ranks = ranks
@@ -301,6 +315,28 @@ def refine_exact(
     covariances = [moments[m.input_key].second for m in group.members]
     A, B, losses = alternate(targets, fit.A, fit.B, covariances)
     return GroupFit(tuple(A), B, fit.sigma, fit.ridge), (losses[0], losses[-1])
+
+
+def choose_topology(
+    model: nn.Module,
+    method: Method,
+    members: Sequence[Member],
+    moments: dict[str, InputMoments],
+    config: CompressionConfig,
+) -> tuple[tuple[Group, ...], dict[str, str]]:
+    """``auto``: per unit, the candidate structure whose closed-form fit gives the least output error."""
+    weights = {m: _member_weight(model, m).detach().to(dtype=torch.float64) for m in members}
+
+    def score(groups: tuple[Group, ...]) -> float:
+        total = 0.0
+        for group in groups:
+            transform = group_transform(method, group, moments, None, config.asvd_alpha)
+            targets = [weights[m] for m in group.members]
+            fit = fit_group(targets, max(uniform_rank(group, config.ratio), 1), transform)
+            total += exact_loss(targets, fit.A, fit.B, [moments[m.input_key].second for m in group.members])
+        return total
+
+    return choose(members, score)
 
 
 def allocate_auto(

@@ -117,7 +117,7 @@ _CROSS = re.compile(r"(intra-)?cross-(\d+)")
 
 
 def topology_names() -> str:
-    return ", ".join([*TOPOLOGIES, "cross-N", "intra-cross-N (N = 2, 3, ...)"])
+    return ", ".join([*TOPOLOGIES, "cross-N", "intra-cross-N (N = 2, 3, ...)", "auto"])
 
 
 def family_groups(name: str, members: Sequence[Member]) -> tuple[Group, ...]:

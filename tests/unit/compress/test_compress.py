@@ -258,3 +258,12 @@ def test_distillation_lowers_the_kl_and_keeps_the_parameter_count():
 
     assert kl(model) < kl(plain)
     assert result.distill["steps"] == 12 and len(result.distill["last_losses"]) == 5
+
+
+def test_auto_topology_picks_a_structure_per_unit_and_fits_it():
+    model = build_tiny_model("llama")
+    result = compress(model, CompressionConfig(method="ngc", topology="auto", ratio=0.4), calibration(window_len=64))
+    assert set(result.decisions) == {"L0-1:q+k+v", "L0-1:o", "L0-1:gate+up", "L0-1:down"}
+    assert set(result.decisions.values()) <= {"per-matrix", "intra", "cross-2", "intra-cross-2"}
+    assert 0.4 <= result.accounting.ratio_removed < 0.45
+    assert {g.id for g in result.groups} == {g.id for g in result.topology}
