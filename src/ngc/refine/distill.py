@@ -96,7 +96,7 @@ def distill(
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * decay
             optimizer.step()
-            report.losses.append(float(loss))
+            report.losses.append(float(loss.detach()))
     finally:
         for p, flag in frozen.items():
             p.requires_grad_(flag)
