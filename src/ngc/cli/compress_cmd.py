@@ -25,7 +25,12 @@ def compress_command(
         str, typer.Option(metavar="ROLES", help=f"Comma-separated roles to compress (default all: {','.join(ROLES)}).")
     ] = ",".join(ROLES),
     topology: Annotated[
-        str | None, typer.Option(metavar="T", help=f"Grouping for --method ngc: {topology_names()}.")
+        str | None,
+        typer.Option(
+            metavar="T",
+            help=f"Grouping for --method ngc: {topology_names()}; or rules such as "
+            "'q,k,v=intra; gate,up@0-9=cross-2' (unmatched blocks stay per-matrix); or a YAML file of groups.",
+        ),
     ] = None,
     alloc: Annotated[
         str,
@@ -99,11 +104,11 @@ def compress_command(
 
     Examples:
 
+    \b
       ngc compress smollm2-135m --method svd-llm --ratio 0.3 --out smol-svdllm-30
-
       ngc compress smollm2-135m --method basis-sharing --ratio 0.2 --calib-samples 64 --out smol-bs-20
-
       ngc compress smollm2-135m --method ngc --topology intra --ratio 0.3 --dry-run
+      ngc compress smollm2-135m --method ngc --topology intra --alloc auto --sequential --ratio 0.3 --out smol-ngc
     """
     from ngc.api import compress, plan
     from ngc.atomic import write_json_atomic

@@ -38,8 +38,8 @@ def demo_command(
 
     Examples:
 
+    \b
       ngc demo
-
       ngc demo --ratio 0.5 --max-windows 0 --out demo-r50 --force
     """
     from rich.console import Console

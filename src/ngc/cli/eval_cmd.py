@@ -62,8 +62,8 @@ def eval_command(
 
     Examples:
 
+    \b
       ngc eval smollm2-135m --ppl wikitext2
-
       ngc eval ./my-model --ppl-file notes.txt --ppl-len 512 --max-windows 8 --json out.json
     """
     from ngc.atomic import write_json_atomic

@@ -19,8 +19,9 @@ def export_command(
     AutoModelForCausalLM.from_pretrained(OUT) and gives the same outputs, but it is as large as the dense model
     again - compression gains nothing there.
 
-    Example:
+    Examples:
 
+    \b
       ngc export out/smol-svdllm-30 --dense out/smol-svdllm-30-dense
     """
     from rich.console import Console

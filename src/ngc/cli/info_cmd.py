@@ -20,10 +20,9 @@ def info_command(
 
     Examples:
 
+    \b
       ngc info out/smol-svdllm-30
-
       ngc info out/smol-svdllm-30 --groups
-
       ngc info out/smol-svdllm-30 --json > manifest.json
     """
     from rich.console import Console
