@@ -33,8 +33,13 @@ from ngc.models.load import load_model
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--cell", action="append", default=None, metavar="LABEL=FIELD=VALUE,...",
-                        help="a setting to compare (repeatable); default: the five baselines")
+    parser.add_argument(
+        "--cell",
+        action="append",
+        default=None,
+        metavar="LABEL=FIELD=VALUE,...",
+        help="a setting to compare (repeatable); default: the five baselines",
+    )
     parser.add_argument("--ratios", default="0.2,0.3,0.4,0.5")
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--calib-len", type=int, default=512)
