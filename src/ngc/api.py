@@ -126,15 +126,8 @@ def _windows(calibration: Calibration) -> torch.Tensor | None:
 
 
 def calibration_info(calibration: Calibration) -> dict[str, Any]:
-    if isinstance(calibration, CalibrationWindows):
-        return {
-            "source": calibration.source,
-            "split": calibration.split,
-            "n_windows": calibration.n_windows,
-            "window_len": calibration.window_len,
-            "seed": calibration.seed,
-        }
-    if isinstance(calibration, CalibrationStats):
+    """Provenance of the calibration (SPEC §7: N and L in every result)."""
+    if isinstance(calibration, (CalibrationWindows, CalibrationStats)):
         return {
             "source": calibration.source,
             "split": calibration.split,

@@ -43,9 +43,7 @@ def stream_layer_moments(
     layer ``l``'s outputs are computed (the caller may then replace that layer's modules).
     """
     layers = decoder_layers(model)
-    by_layer: dict[int, list[Member]] = {}
-    for member in members:
-        by_layer.setdefault(member.layer, []).append(member)
+    by_layer = _by_layer(members)
     last = max(by_layer, default=-1)
     calls = record_layer_calls(model, windows)
     hidden = calls.hidden
@@ -65,6 +63,13 @@ def stream_layer_moments(
             after_layer(index)
         if wanted:
             yield index, moments
+
+
+def _by_layer(members: Sequence[Member]) -> dict[int, list[Member]]:
+    by_layer: dict[int, list[Member]] = {}
+    for member in members:
+        by_layer.setdefault(member.layer, []).append(member)
+    return by_layer
 
 
 def _input_width(members: Sequence[Member], key: str) -> int:
@@ -116,9 +121,7 @@ def stream_sequential_moments(
     layer is yielded the caller may replace its modules; the compressed stream then runs the replaced layer.
     """
     layers = decoder_layers(model)
-    by_layer: dict[int, list[Member]] = {}
-    for member in members:
-        by_layer.setdefault(member.layer, []).append(member)
+    by_layer = _by_layer(members)
     last = max(by_layer, default=-1)
     calls = record_layer_calls(model, windows)
     dense = calls.hidden

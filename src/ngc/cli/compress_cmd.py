@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ngc.arch import ROLES
 from ngc.cli.eval_cmd import _check_json_target
+from ngc.cli.options import CacheDir, DataDir, Device
 from ngc.fit.methods import METHODS
 from ngc.topology.groups import topology_names
 
@@ -89,13 +90,9 @@ def compress_command(
     save_dtype: Annotated[
         str | None, typer.Option(metavar="DTYPE", help="Dtype of the saved weights (default: --dtype).")
     ] = None,
-    device: Annotated[str, typer.Option(metavar="DEVICE", help="torch device, e.g. cpu or cuda.")] = "cpu",
-    data_dir: Annotated[
-        Path | None, typer.Option(metavar="DIR", help="Evaluation data folder (default: $NGC_DATA_DIR).")
-    ] = None,
-    cache: Annotated[
-        Path | None, typer.Option("--cache-dir", metavar="DIR", help="Converted-model cache (default: $NGC_CACHE_DIR).")
-    ] = None,
+    device: Device = "cpu",
+    data_dir: DataDir = None,
+    cache: CacheDir = None,
 ) -> None:
     """Compress MODEL: remove a fraction R of its decoder linear weights (SPEC §3, §4, §6).
 

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from ngc.cli.options import CacheDir, DataDir
+
 DEMO_METHOD = "ngc"
 DEMO_TOPOLOGY = "intra"
 DEMO_RATIO = 0.3
@@ -24,12 +26,8 @@ def demo_command(
     calib_samples: Annotated[int, typer.Option(metavar="N", help="Calibration windows.")] = 32,
     calib_len: Annotated[int, typer.Option(metavar="L", help="Tokens per calibration window.")] = 512,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing DIR.")] = False,
-    data_dir: Annotated[
-        Path | None, typer.Option(metavar="DIR", help="Evaluation data folder (default: $NGC_DATA_DIR).")
-    ] = None,
-    cache: Annotated[
-        Path | None, typer.Option("--cache-dir", metavar="DIR", help="Converted-model cache (default: $NGC_CACHE_DIR).")
-    ] = None,
+    data_dir: DataDir = None,
+    cache: CacheDir = None,
 ) -> None:
     """Compress MODEL with NGC (intra-layer groups) at R = 0.3, save, reload, compare perplexity with the dense model.
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ngc.cli.options import CacheDir, DataDir, Device
 from ngc.data.corpora import CORPORA, Text, load_corpus, load_text_file
 from ngc.errors import UsageError
 
@@ -50,13 +51,9 @@ def eval_command(
         Path | None, typer.Option("--json", metavar="OUT", help="Also write the results as JSON to this file.")
     ] = None,
     dtype: Annotated[str, typer.Option(metavar="DTYPE", help="float32, bfloat16 or float16.")] = "float32",
-    device: Annotated[str, typer.Option(metavar="DEVICE", help="torch device, e.g. cpu or cuda.")] = "cpu",
-    data_dir: Annotated[
-        Path | None, typer.Option(metavar="DIR", help="Evaluation data folder (default: $NGC_DATA_DIR).")
-    ] = None,
-    cache: Annotated[
-        Path | None, typer.Option("--cache-dir", metavar="DIR", help="Converted-model cache (default: $NGC_CACHE_DIR).")
-    ] = None,
+    device: Device = "cpu",
+    data_dir: DataDir = None,
+    cache: CacheDir = None,
 ) -> None:
     """Perplexity of MODEL over non-overlapping windows (SPEC §7).
 
