@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# What each NGC ingredient buys at R = 0.3 on SmolLM2-135M (issue: ablation), with the calibration and evaluation
+# of benchmarks/results/baselines_smollm2.json (64 x 512 calibration tokens of WikiText-2 validation, seed 0;
+# first 16 windows of 2048 tokens of WikiText-2 test). Resumable: finished cells are skipped.
+# Usage: NGC_DATA_DIR=/path/to/data benchmarks/ngc_ablation.sh [extra compare.py arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+$PYTHON benchmarks/compare.py --ratios 0.3 --out benchmarks/results/ablation_smollm2.json \
+  --cell "intra=method=ngc,topology=intra" \
+  --cell "intra-cross-2=method=ngc,topology=intra-cross-2" \
+  --cell "intra+auto-alloc=method=ngc,topology=intra,alloc=auto" \
+  --cell "auto-topology=method=ngc,topology=auto" \
+  --cell "per-matrix+sequential=method=ngc,topology=per-matrix,sequential=true" \
+  --cell "intra+auto-alloc+sequential=method=ngc,topology=intra,alloc=auto,sequential=true" \
+  "$@"
