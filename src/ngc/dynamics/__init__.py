@@ -1,0 +1,1 @@
+"""Neuronal dynamics (SPEC §8): token-time stability, the depth decomposition, force relative to a reference."""
