@@ -118,14 +118,17 @@ _BOOL = {"true": True, "false": False}
 
 
 def parse_cell(text: str) -> tuple[str, dict]:
-    """``"label=field=value,field=value"`` -> (label, CompressionConfig fields)."""
+    """``"label=field=value,field=value"`` -> (label, CompressionConfig fields); roles are written ``q+k+v``."""
     label, _, rest = text.partition("=")
     fields: dict = {}
     for item in filter(None, rest.split(",")):
         name, _, value = item.partition("=")
         default = getattr(CompressionConfig(), name)
         kind = str if default is None else type(default)
-        fields[name] = _BOOL[value.lower()] if kind is bool else kind(value)
+        if kind is tuple:  # roles: q+k+v
+            fields[name] = tuple(value.split("+"))
+        else:
+            fields[name] = _BOOL[value.lower()] if kind is bool else kind(value)
     return label, fields
 
 
