@@ -26,3 +26,17 @@ def test_compression_shows_as_force_and_departure_that_grow_with_the_ratio():
     small, large = layer_forces(light, reference, tokens), layer_forces(heavy, reference, tokens)
     assert all(0 < a.force_ratio < b.force_ratio for a, b in zip(small, large, strict=True))
     assert small[-1].departure < large[-1].departure
+
+
+def test_per_layer_report_on_a_tiny_model():
+    from ngc.dynamics.report import measure_dynamics
+
+    reference = build_tiny_model("llama")
+    model = build_tiny_model("llama")
+    compress(model, CompressionConfig(method="svd", ratio=0.5))
+    sequences = torch.randint(0, 250, (3, 24), generator=torch.Generator().manual_seed(1))
+    layers = measure_dynamics(model, sequences, reference, probes=3, lanczos_steps=6)
+    assert [row.layer for row in layers] == [0, 1]
+    for row in layers:
+        assert all(map(lambda v: v == v, (row.lyapunov, row.divergence, row.sym_top, row.driving_ratio)))
+        assert row.lyapunov_se >= 0 and row.driving_ratio > 0 and row.force_ratio > 0 and row.departure > 0
