@@ -163,3 +163,36 @@ def test_info_export_and_demo(capsys, tmp_path, tiny_folders, text_file, data_di
     result = json.loads((demo / "demo.json").read_text())
     assert result["config"]["method"] == "ngc" and result["compressed"]["windows"] == 2
     assert (demo / "demo.png").stat().st_size > 1000 and (demo / "checkpoint" / "ngc.json").is_file()
+
+
+def test_dynamics_writes_per_layer_json_and_a_plot(capsys, tmp_path, tiny_folders, text_file):
+    import json
+
+    out = tmp_path / "dyn"
+    ckpt = tmp_path / "ckpt"
+    assert (
+        cli.run(["compress", str(tiny_folders["llama"]), "--method", "svd", "--ratio", "0.5", "--out", str(ckpt)]) == 0
+    )
+    args = [
+        "dynamics",
+        str(ckpt),
+        "--reference",
+        str(tiny_folders["llama"]),
+        "--data",
+        str(text_file),
+        "--sequences",
+        "2",
+        "--length",
+        "24",
+        "--probes",
+        "2",
+        "--lanczos",
+        "4",
+        "--out",
+        str(out),
+    ]
+    assert cli.run(args) == 0
+    payload = json.loads((out / "dynamics.json").read_text())
+    keys = {"layer", "lyapunov", "lyapunov_se", "divergence", "sym_top", "driving_ratio", "force_ratio", "departure"}
+    assert [row["layer"] for row in payload["layers"]] == [0, 1] and keys <= set(payload["layers"][0])
+    assert payload["layers"][1]["force_ratio"] > 0 and (out / "dynamics.png").stat().st_size > 1000

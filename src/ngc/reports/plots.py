@@ -71,3 +71,24 @@ def metric_vs_ratio(
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def per_layer(
+    panels: Mapping[str, Mapping[str, Sequence[tuple[int, float, float | None]]]], title: str, path: str | Path
+) -> Path:
+    """One panel per quantity; in each, one line per model of ``(layer, value, standard error or None)``."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (quantity, series) in zip(axes[0], panels.items(), strict=True):
+        for label, points in series.items():
+            layers = [p[0] for p in points]
+            values = [p[1] for p in points]
+            errors = [p[2] if p[2] is not None else 0.0 for p in points]
+            ax.errorbar(layers, values, yerr=errors, marker="o", markersize=3, capsize=2, label=label)
+        ax.set_xlabel("layer")
+        ax.set_title(quantity)
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend()
+    fig.suptitle(title)
+    return _save(fig, path)
