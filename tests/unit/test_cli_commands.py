@@ -136,7 +136,9 @@ def test_info_export_and_demo(capsys, tmp_path, tiny_folders, text_file, data_di
     assert json.loads(capsys.readouterr().out)["config"]["ratio"] == 0.4
 
     dense = tmp_path / "dense"
-    assert cli.run(["export", str(out), "--dense", str(dense)]) == 0
+    assert cli.run(["export", str(out), "--dense", str(dense), "--json", str(tmp_path / "export.json")]) == 0
+    exported_record = json.loads((tmp_path / "export.json").read_text())
+    assert exported_record["dense_bytes"] > exported_record["checkpoint_bytes"] * 0.9
     assert "gains nothing" not in capsys.readouterr().err  # the size report, not an error
     exported = AutoModelForCausalLM.from_pretrained(dense).eval()
     ids = torch.randint(0, 250, (1, 12))

@@ -7,11 +7,14 @@ from typing import Annotated
 
 import typer
 
+from ngc.cli.options import JsonOut
+
 
 def export_command(
     folder: Annotated[Path, typer.Argument(metavar="DIR", help="A checkpoint folder written by `ngc compress`.")],
     dense: Annotated[Path, typer.Option("--dense", metavar="OUT", help="Folder for the dense transformers model.")],
     force: Annotated[bool, typer.Option("--force", help="Replace an existing OUT folder.")] = False,
+    json_out: JsonOut = None,
 ) -> None:
     """Write DIR's model with every factorised block multiplied back into a dense weight (W = A Bᵀ).
 
@@ -44,3 +47,8 @@ def export_command(
         f"wrote {dense}: {replaced} modules rebuilt dense; {size / 2**20:.1f} MiB on disk "
         f"(the compressed checkpoint takes {compressed / 2**20:.1f} MiB)"
     )
+    if json_out is not None:
+        from ngc.atomic import write_json_atomic
+
+        record = {"checkpoint": str(folder), "dense": str(dense), "modules_rebuilt": replaced}
+        write_json_atomic(json_out, record | {"dense_bytes": size, "checkpoint_bytes": compressed})
