@@ -251,16 +251,18 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
     if method.needs_moments or config.refine == "local":
         start = time.perf_counter()
         short: list[tuple[str, int, int]] = []
+        seen_inputs: set[str] = set()
         layer_moments = (
             stream_sequential_moments(model, windows, members)
             if config.sequential and windows is not None
             else _layer_moments(model, windows, stats, members)
         )
-        for layer, moments in layer_moments:
+        for _layer, moments in layer_moments:
             short += _short_inputs(moments)
             available.update(moments)
+            seen_inputs.update(moments)
             result.calibration_seconds += time.perf_counter() - start
-            fit_groups([g for g in pending if g.layers[-1] <= layer])
+            fit_groups([g for g in pending if all(m.input_key in seen_inputs for m in g.members)])
             start = time.perf_counter()
         result.calibration_seconds += time.perf_counter() - start
         if short:

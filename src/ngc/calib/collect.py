@@ -109,16 +109,22 @@ def _capture_inputs(model: nn.Module, wanted: dict[str, str]) -> tuple[dict[str,
     return captured, handles
 
 
+class _StopForward(Exception):
+    """Raised by a hook once the input it waits for is captured: the rest of the layer need not run."""
+
+
 @torch.no_grad()
 def stream_sequential_moments(
     model: nn.Module, windows: torch.Tensor, members: Sequence[Member]
 ) -> Iterator[tuple[int, dict[str, InputMoments]]]:
-    """Like :func:`stream_layer_moments`, for the sequential update (SPEC §4).
+    """Like :func:`stream_layer_moments`, for the sequential update (SPEC §4), one input at a time.
 
     Two streams run side by side: the dense model's hidden states, and those of the model as compressed so far.
-    For each input the moments hold ``C̃ = Σ x̃ x̃ᵀ`` (``second``) and ``M = Σ x̃ xᵀ`` (``cross``), where ``x̃`` is
-    what the compressed prefix feeds the (still dense) layer and ``x`` what the dense model feeds it. After a
-    layer is yielded the caller may replace its modules; the compressed stream then runs the replaced layer.
+    For each input the moments hold ``C̃ = Σ x̃ x̃ᵀ`` (``second``) and ``M = Σ x̃ xᵀ`` (``cross``), where ``x`` is
+    what the dense model feeds the block and ``x̃`` what the model compressed so far feeds it. Inputs are yielded
+    in the order the layer reads them (q/k/v, o, gate/up, down); after each, the caller may replace the blocks
+    that read it, so that o is fitted on what the compressed q, k, v produce, and down on the compressed
+    gate, up. Memory: the dense inputs of one layer for all windows, and two streams of hidden states.
     """
     layers = decoder_layers(model)
     by_layer = _by_layer(members)
@@ -127,22 +133,34 @@ def stream_sequential_moments(
     dense = calls.hidden
     compressed = list(calls.hidden)
     for index in progress(range(last + 1), desc="calibration, sequential (layers)", unit="layer"):
-        layer = layers[index]
+        layer, kwargs = layers[index], calls.kwargs[index]
         wanted = _hook_modules(model, by_layer.get(index, []))
-        moments = {key: InputMoments(_input_width(by_layer[index], key)) for key in wanted}
         captured, handles = _capture_inputs(model, wanted)
+        dense_inputs: list[dict[str, torch.Tensor]] = []
         try:
-            for w, kwargs in enumerate(calls.kwargs[index]):
-                dense_out = run_layer(layer, dense[w], kwargs)
-                dense_inputs = dict(captured)
-                if wanted:
-                    run_layer(layer, compressed[w], kwargs)
-                    for key in wanted:
-                        moments[key].add_pair(captured[key], dense_inputs[key])
-                dense[w] = dense_out
+            for w in range(len(dense)):
+                dense[w] = run_layer(layer, dense[w], kwargs[w])
+                dense_inputs.append(dict(captured))
         finally:
             for handle in handles:
                 handle.remove()
-        if wanted:
-            yield index, moments
-        compressed = [run_layer(layer, h, kw) for h, kw in zip(compressed, calls.kwargs[index], strict=True)]
+        for key in list(dense_inputs[0]) if dense_inputs else []:  # the order the forward reached them
+            moments = InputMoments(_input_width(by_layer[index], key))
+            seen: list[torch.Tensor] = []
+
+            def stop(_module: nn.Module, args: tuple[torch.Tensor, ...], seen: list = seen) -> None:
+                seen.append(args[0].detach())
+                raise _StopForward
+
+            handle = model.get_submodule(wanted[key]).register_forward_pre_hook(stop)
+            try:
+                for w in range(len(compressed)):
+                    try:
+                        run_layer(layer, compressed[w], kwargs[w])
+                    except _StopForward:
+                        pass
+                    moments.add_pair(seen.pop(), dense_inputs[w].pop(key))
+            finally:
+                handle.remove()
+            yield index, {key: moments}
+        compressed = [run_layer(layer, h, kw) for h, kw in zip(compressed, kwargs, strict=True)]

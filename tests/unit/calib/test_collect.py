@@ -50,3 +50,19 @@ def test_q_k_v_input_is_recorded_once_per_layer():
         for key in moments
     ]
     assert keys == ["L0:q+k+v", "L0:o", "L0:gate+up", "L0:down", "L1:q+k+v", "L1:o", "L1:gate+up", "L1:down"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
+def test_sequential_stream_without_compression_sees_the_dense_inputs(family):
+    from ngc.calib.collect import stream_sequential_moments
+
+    model = build_tiny_model(family)
+    members = find_members(model)
+    windows = torch.randint(0, 250, (2, 30), generator=torch.Generator().manual_seed(1))
+    plain = {k: v for _l, moments in stream_layer_moments(model, windows, members) for k, v in moments.items()}
+    staged = list(stream_sequential_moments(model, windows, members))
+    assert [key for _l, moments in staged for key in moments] == list(plain)  # one input at a time, in order
+    for _layer, moments in staged:
+        for key, m in moments.items():
+            assert torch.allclose(m.second, plain[key].second, rtol=1e-5, atol=1e-6)
+            assert torch.allclose(m.cross, m.second, rtol=1e-5, atol=1e-6)  # nothing compressed: x̃ = x
