@@ -51,7 +51,7 @@ def decompose(f: Map, x: torch.Tensor, probes: int = 16, lanczos_steps: int = 20
     traces, syms, skews = [], [], []
     for _ in range(probes):
         v = rademacher(x.shape, g, x.dtype).to(x.device)
-        jv, jtv = _products(f, x, v)
+        jv, jtv = (t.detach() for t in _products(f, x, v))
         traces.append(float((v * jv).sum()))
         syms.append(float(((jv + jtv) / 2).pow(2).sum()))
         skews.append(float(((jv - jtv) / 2).pow(2).sum()))
@@ -94,7 +94,7 @@ def sym_top_eigenvalue(f: Map, x: torch.Tensor, steps: int = 20, seed: int = 0) 
     betas: list[float] = []
     for _ in range(min(steps, x.numel())):
         basis.append(q)
-        jv, jtv = _products(f, x, q.to(x.dtype))
+        jv, jtv = (t.detach() for t in _products(f, x, q.to(x.dtype)))
         w = ((jv + jtv) / 2).to(torch.float64)
         alpha = float((w * q).sum())
         alphas.append(alpha)
