@@ -113,6 +113,11 @@ def main() -> None:
     write_text_atomic(args.out.with_suffix(".md"), markdown(results))
 
 
+def rewrite_markdown(path: Path) -> None:
+    """Regenerate the markdown table of a results JSON (e.g. after a format change)."""
+    write_text_atomic(path.with_suffix(".md"), markdown(json.loads(path.read_text())))
+
+
 DEFAULT_CELLS = [f"{m}=method={m}" for m in ("svd", "fwsvd", "asvd", "svd-llm", "basis-sharing")]
 _BOOL = {"true": True, "false": False}
 
@@ -130,6 +135,10 @@ def parse_cell(text: str) -> tuple[str, dict]:
         else:
             fields[name] = _BOOL[value.lower()] if kind is bool else kind(value)
     return label, fields
+
+
+def _ppl(value: float) -> str:
+    return f"{value:.2f}" if value < 1e4 else f"{value:.2e}"
 
 
 def markdown(results: dict) -> str:
@@ -151,7 +160,7 @@ def markdown(results: dict) -> str:
         row = []
         for r in ratios:
             cell = cells.get(f"{method}@{r}")
-            row.append("" if cell is None else f"{cell['ppl']:.2f}")
+            row.append("" if cell is None else _ppl(cell["ppl"]))
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     lines += [
         "",
