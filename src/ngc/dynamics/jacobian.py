@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.func import jvp, vjp
+from torch.func import jvp, vjp, vmap
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 
@@ -44,18 +44,31 @@ def _products(f: Map, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, t
     return jv, jtv
 
 
+def _batched_products(f: Map, x: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(J V, Jᵀ V) for a batch of probes V (P, *x.shape), in one vectorised pass each."""
+    _, pullback = vjp(f, x)
+    jv = vmap(lambda v: jvp(f, (x,), (v,))[1])(V)
+    (jtv,) = vmap(pullback)(V)
+    return jv, jtv
+
+
 def decompose(f: Map, x: torch.Tensor, probes: int = 16, lanczos_steps: int = 20, seed: int = 0) -> Decomposition:
-    """Hutchinson estimates of the decomposition of ``∂f/∂x`` at ``x`` (any shape; D = x.numel())."""
+    """Hutchinson estimates of the decomposition of ``∂f/∂x`` at ``x`` (any shape; D = x.numel()).
+
+    The probes run as one batch (``vmap``); a map that cannot be vectorised falls back to one probe at a time.
+    """
     g = torch.Generator().manual_seed(seed)
     D = x.numel()
-    traces, syms, skews = [], [], []
-    for _ in range(probes):
-        v = rademacher(x.shape, g, x.dtype).to(x.device)
-        jv, jtv = (t.detach() for t in _products(f, x, v))
-        traces.append(float((v * jv).sum()))
-        syms.append(float(((jv + jtv) / 2).pow(2).sum()))
-        skews.append(float(((jv - jtv) / 2).pow(2).sum()))
-    t, s, k = (torch.tensor(a, dtype=torch.float64) for a in (traces, syms, skews))
+    V = torch.stack([rademacher(x.shape, g, x.dtype) for _ in range(probes)]).to(x.device)  # (P, *x.shape)
+    try:
+        JV, JTV = (t.detach() for t in _batched_products(f, x, V))
+    except (RuntimeError, NotImplementedError):
+        pairs = [tuple(t.detach() for t in _products(f, x, v)) for v in V]
+        JV, JTV = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    dims = tuple(range(1, V.dim()))
+    t = (V * JV).sum(dim=dims).to(torch.float64)
+    s = ((JV + JTV) / 2).pow(2).sum(dim=dims).to(torch.float64)
+    k = ((JV - JTV) / 2).pow(2).sum(dim=dims).to(torch.float64)
     sym_norm, skew_norm = math.sqrt(float(s.mean())), math.sqrt(float(k.mean()))
     ratio = skew_norm / sym_norm if sym_norm > 0 else math.inf
     return Decomposition(
