@@ -37,8 +37,8 @@ class CompressionConfig:
     ratio: float = 0.3
     roles: tuple[str, ...] = ROLES
     topology: str | None = None  # None = the method's own structure
-    alloc: str = "uniform"  # "uniform": every group keeps 1-R of its weights; "auto": greedy on normalised loss
-    sequential: bool = False  # fit each layer on inputs from the already-compressed prefix (SPEC §4)
+    alloc: str | None = None  # "uniform" (each group keeps 1-R) or "auto" (greedy); None = the method's default
+    sequential: bool | None = None  # fit on inputs from the compressed prefix (SPEC §4); None = method default
     exact: bool = False  # refine groups whose members read different inputs by alternating solves (SPEC §4)
     refine: str = "none"  # SPEC §5: "none", "local" (per-group output MSE) or "distill" (KL to the dense model)
     refine_steps: int = 0  # 0 = the mode's default (REFINE_STEPS)
@@ -56,6 +56,13 @@ class CompressionConfig:
             raise UsageError(f"unknown refinement {self.refine!r}", hint="use none, local or distill")
         if self.refine_steps < 0 or self.refine_lr <= 0:
             raise UsageError("refinement needs steps >= 0 and a positive learning rate")
+        from ngc.fit.methods import get_method
+
+        defaults = get_method(self.method).defaults
+        if self.alloc is None:
+            object.__setattr__(self, "alloc", defaults["alloc"])
+        if self.sequential is None:
+            object.__setattr__(self, "sequential", defaults["sequential"])
         if self.alloc not in ALLOCATIONS:
             raise UsageError(f"unknown allocation {self.alloc!r}", hint=f"use one of {', '.join(ALLOCATIONS)}")
         object.__setattr__(self, "roles", tuple(self.roles))

@@ -34,21 +34,22 @@ def compress_command(
         ),
     ] = None,
     alloc: Annotated[
-        str,
+        str | None,
         typer.Option(
             metavar="uniform|auto",
             help="Rank allocation: every group keeps 1-R of its weights (uniform), or ranks go where the "
-            "normalised loss falls most per parameter, same total (auto).",
+            "normalised loss falls most per parameter, same total (auto). Default: the method's own.",
         ),
-    ] = "uniform",
+    ] = None,
     sequential: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--sequential/--no-sequential",
             help="Fit each layer on what the already-compressed layers feed it, with the dense outputs as target "
-            "(whitening methods: svd-llm, basis-sharing, ngc).",
+            "(whitening methods: svd-llm, basis-sharing, ngc). Default: the method's own.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     exact: Annotated[
         bool,
         typer.Option(
@@ -171,7 +172,7 @@ def compress_command(
         kept = sum(g.kept_params for g in planned)
         dense = sum(g.dense_params for g in planned)
         stdout_console().print(groups_table(planned, title=f"plan: {method} at R = {ratio} on {model}"))
-        if alloc == "auto":
+        if config.alloc == "auto":
             console.print("ranks shown are uniform; auto allocation moves them after calibration, same total")
         console.print(
             f"{len(groups)} groups; compressed blocks keep {kept:,} of {dense:,} weights "
