@@ -196,7 +196,7 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
 
     teacher = copy.deepcopy(model) if config.refine == "distill" else None
     auto_topology = config.topology == AUTO
-    if (config.alloc == "auto" or auto_topology) and stats is None and method.needs_moments:
+    if (config.alloc != "uniform" or auto_topology) and stats is None and method.needs_moments:
         start = time.perf_counter()
         stats = collect_statistics(model, calibration, config.roles)  # auto needs every group's loss first
         result.calibration_seconds += time.perf_counter() - start
@@ -207,7 +207,7 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
         ranks = {group.id: uniform_rank(group, config.ratio) for group in groups}
         result.topology, result.ranks = groups, ranks
         result.fit_seconds += time.perf_counter() - start
-    if config.alloc == "auto":
+    if config.alloc != "uniform":
         start = time.perf_counter()
         ranks = allocate_auto(model, method, groups, stats.moments if stats else {}, fisher, config)
         result.ranks = ranks
@@ -347,7 +347,7 @@ def allocate_auto(
     for group in progress(groups, desc="allocation (spectra)", unit="group"):
         transform = group_transform(method, group, moments, fisher, config.asvd_alpha)
         spectra[group.id] = spectrum([_member_weight(model, m) for m in group.members], transform)
-    return greedy_ranks(groups, spectra, config.ratio)
+    return greedy_ranks(groups, spectra, config.ratio, config.alloc == "auto", config.alloc_floor)
 
 
 def _member_weight(model: nn.Module, member: Member) -> torch.Tensor:

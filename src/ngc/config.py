@@ -8,7 +8,7 @@ from typing import Any
 from ngc.arch import ROLES
 from ngc.errors import UsageError
 
-ALLOCATIONS = ("uniform", "auto")
+ALLOCATIONS = ("uniform", "auto", "auto-energy")
 REFINE_STEPS = {"local": 50, "distill": 100}  # default steps per refinement mode
 
 
@@ -38,6 +38,7 @@ class CompressionConfig:
     roles: tuple[str, ...] = ROLES
     topology: str | None = None  # None = the method's own structure
     alloc: str | None = None  # "uniform" (each group keeps 1-R) or "auto" (greedy); None = the method's default
+    alloc_floor: float = 0.0  # auto allocation keeps at least this fraction of each group's uniform rank
     sequential: bool | None = None  # fit on inputs from the compressed prefix (SPEC §4); None = method default
     exact: bool = False  # refine groups whose members read different inputs by alternating solves (SPEC §4)
     refine: str = "none"  # SPEC §5: "none", "local" (per-group output MSE) or "distill" (KL to the dense model)

@@ -36,9 +36,10 @@ def compress_command(
     alloc: Annotated[
         str | None,
         typer.Option(
-            metavar="uniform|auto",
+            metavar="uniform|auto|auto-energy",
             help="Rank allocation: every group keeps 1-R of its weights (uniform), or ranks go where the "
-            "normalised loss falls most per parameter, same total (auto). Default: the method's own.",
+            "normalised loss (auto) or the output error energy (auto-energy) falls most per parameter, same "
+            "total. Default: the method's own.",
         ),
     ] = None,
     sequential: Annotated[
@@ -172,7 +173,7 @@ def compress_command(
         kept = sum(g.kept_params for g in planned)
         dense = sum(g.dense_params for g in planned)
         stdout_console().print(groups_table(planned, title=f"plan: {method} at R = {ratio} on {model}"))
-        if config.alloc == "auto":
+        if config.alloc != "uniform":
             console.print("ranks shown are uniform; auto allocation moves them after calibration, same total")
         console.print(
             f"{len(groups)} groups; compressed blocks keep {kept:,} of {dense:,} weights "

@@ -20,22 +20,30 @@ def break_even_rank(group: Group) -> int:
     return group.dense_params // (group.m_total + group.n)
 
 
-def greedy_ranks(groups: Sequence[Group], spectra: Mapping[str, torch.Tensor], ratio_removed: float) -> dict[str, int]:
+def greedy_ranks(
+    groups: Sequence[Group],
+    spectra: Mapping[str, torch.Tensor],
+    ratio_removed: float,
+    normalise: bool = True,
+    floor: float = 0.0,
+) -> dict[str, int]:
     """Ranks that minimise ``Σ_G Σ_{i>k_G} σ_{G,i}² / ‖σ_G‖²`` for the uniform allocation's parameter total.
 
-    Each rank unit of G costs ``Σm + n`` parameters and gains ``σ_{G,k}² / ‖σ_G‖²``; gains fall with k, so
-    taking units in order of gain per parameter is exact for this separable objective (SPEC §4). Every group keeps
-    at least rank 1 and at most its break-even rank.
+    Each rank unit of G costs ``Σm + n`` parameters and gains ``σ_{G,k}² / ‖σ_G‖²`` (``normalise``; else the
+    absolute ``σ_{G,k}²``, the block's output error energy); gains fall with k, so taking units in order of gain
+    per parameter is exact for this separable objective (SPEC §4). Every group keeps at least ``floor`` times
+    its uniform rank (and rank 1), and at most its break-even rank.
     """
-    budget = sum(group.params_at_rank(uniform_rank(group, ratio_removed)) for group in groups)
-    ranks = {group.id: 1 for group in groups}
-    spent = sum(group.params_at_rank(1) for group in groups)
+    uniform = {group.id: uniform_rank(group, ratio_removed) for group in groups}
+    budget = sum(group.params_at_rank(uniform[group.id]) for group in groups)
+    ranks = {group.id: max(1, math.floor(floor * uniform[group.id])) for group in groups}
+    spent = sum(group.params_at_rank(ranks[group.id]) for group in groups)
     units: list[tuple[float, int, int, str, int]] = []
     for index, group in enumerate(groups):
         energy = spectra[group.id].to(torch.float64).pow(2)
-        total = float(energy.sum()) or 1.0
+        total = (float(energy.sum()) or 1.0) if normalise else 1.0
         cost = group.m_total + group.n
-        for k in range(2, min(break_even_rank(group), energy.numel()) + 1):
+        for k in range(ranks[group.id] + 1, min(break_even_rank(group), energy.numel()) + 1):
             units.append((-float(energy[k - 1]) / total / cost, index, k, group.id, cost))
     units.sort()
     for _score, _index, k, group_id, cost in units:
