@@ -7,12 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 $PYTHON benchmarks/compare.py --ratios 0.3 --out benchmarks/results/ablation_smollm2.json \
-  --cell "intra=method=ngc,topology=intra" \
-  --cell "intra-cross-2=method=ngc,topology=intra-cross-2" \
+  --cell "intra=method=ngc,topology=intra,alloc=uniform,sequential=false" \
+  --cell "intra-cross-2=method=ngc,topology=intra-cross-2,alloc=uniform,sequential=false" \
   --cell "intra+auto-alloc=method=ngc,topology=intra,alloc=auto,sequential=false" \
-  --cell "auto-topology=method=ngc,topology=auto" \
-  --cell "per-matrix+sequential=method=ngc,topology=per-matrix,sequential=true" \
-  --cell "intra+sequential=method=ngc,topology=intra,sequential=true" \
-  --cell "intra+auto-alloc-floor-0.5=method=ngc,topology=intra,alloc=auto,alloc_floor=0.5" \
-  --cell "intra+auto-energy=method=ngc,topology=intra,alloc=auto-energy" \
+  --cell "auto-topology=method=ngc,topology=auto,alloc=uniform,sequential=false" \
+  --cell "per-matrix+sequential=method=ngc,topology=per-matrix,alloc=uniform,sequential=true" \
+  --cell "intra+sequential=method=ngc,topology=intra,alloc=uniform,sequential=true" \
+  --cell "intra+auto-alloc-floor-0.5=method=ngc,topology=intra,alloc=auto,alloc_floor=0.5,sequential=false" \
+  --cell "intra+auto-energy=method=ngc,topology=intra,alloc=auto-energy,sequential=false" \
   "$@"
