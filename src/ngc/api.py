@@ -226,7 +226,7 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
             weights = [_member_weight(model, m) for m in group.members]
             if config.sequential:
                 weights = [
-                    sequential_target(w, available[m.input_key], m.id)
+                    sequential_target(w, available[m.input_key], m.id, config.sequential_shrink)
                     for w, m in zip(weights, group.members, strict=True)
                 ]
             fitted[group.id] = fit_group(weights, ranks[group.id], transform)

@@ -15,10 +15,16 @@ from ngc.calib.moments import InputMoments
 from ngc.fit.whiten import whitening
 
 
-def sequential_target(W: torch.Tensor, moments: InputMoments, what: str = "input") -> torch.Tensor:
-    """``Ŵ* = W Mᵀ C̃⁻¹`` for ``W`` (m, n), float64."""
+def sequential_target(W: torch.Tensor, moments: InputMoments, what: str = "input", shrink: float = 0.0) -> torch.Tensor:
+    """``Ŵ* = W Mᵀ C̃⁻¹`` for ``W`` (m, n), float64; with ``shrink`` λ > 0 the ridge-regularised
+    ``W (Mᵀ + λ s I)(C̃ + λ s I)⁻¹`` (s = mean diag C̃), which moves from the full correction (λ = 0) towards W
+    itself (λ → ∞) and damps the directions where C̃ is small and its inverse amplifies calibration noise."""
     if moments.cross is None:
         raise ValueError("sequential moments need the cross moment M")
-    L = whitening(moments.second, what).factor  # C̃ (+ ridge) = L Lᵀ
+    C, M = moments.second, moments.cross
+    if shrink > 0:
+        bump = shrink * float(C.diagonal().mean()) * torch.eye(C.shape[0], dtype=C.dtype)
+        C, M = C + bump, M + bump
+    L = whitening(C, what).factor  # C̃ (+ ridge) = L Lᵀ
     W = W.detach().to(device="cpu", dtype=torch.float64)
-    return torch.cholesky_solve(moments.cross @ W.T, L).T  # (C̃⁻¹ M Wᵀ)ᵀ
+    return torch.cholesky_solve(M @ W.T, L).T  # (C̃⁻¹ M Wᵀ)ᵀ

@@ -44,3 +44,13 @@ def test_rank_k_fit_of_the_target_minimises_the_sequential_objective():
     # optimality: the loss identity holds up to the constant part
     constant = objective(target)
     assert abs(best - constant - sequential.loss) <= 1e-8 * best
+
+
+def test_shrink_moves_the_target_towards_the_weight():
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    X_tilde = X + 0.5 * torch.randn(200, 6, generator=g, dtype=torch.float64)
+    W = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    moments = paired_moments(X_tilde, X)
+    distances = [float((sequential_target(W, moments, shrink=s) - W).norm()) for s in (0.0, 0.1, 10.0, 1e6)]
+    assert distances == sorted(distances, reverse=True) and distances[-1] < 1e-4
