@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# NGC rows of the main table (SmolLM2-135M, WikiText-2 test, same calibration and evaluation as
+# benchmarks/results/baselines_smollm2.json): the training-free default at R = 0.2 ... 0.5, then the distilled
+# row at R = 0.2. Resumable: finished cells are skipped.
+# Usage: NGC_DATA_DIR=/path/to/data benchmarks/ngc_main.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+$PYTHON benchmarks/compare.py --ratios 0.2,0.3,0.4,0.5 --out benchmarks/results/ngc_smollm2.json \
+  --cell "ngc=method=ngc,topology=intra,alloc=uniform,sequential=false"
+$PYTHON benchmarks/compare.py --ratios 0.2 --out benchmarks/results/ngc_refined_smollm2.json \
+  --cell "ngc+distill-100=method=ngc,topology=intra,alloc=uniform,sequential=false,refine=distill,refine_steps=100"
