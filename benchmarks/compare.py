@@ -86,7 +86,8 @@ def main() -> None:
     print(f"statistics collected in {results['calibration']['seconds']:.1f} s", flush=True)
 
     for label, fields in cells:
-        for ratio in [float(r) for r in args.ratios.split(",")]:
+        ratios = fields.pop("ratios", None) or [float(r) for r in args.ratios.split(",")]
+        for ratio in ratios:
             key = f"{label}@{ratio}"
             if key in results["cells"]:
                 continue
@@ -123,11 +124,15 @@ _BOOL = {"true": True, "false": False}
 
 
 def parse_cell(text: str) -> tuple[str, dict]:
-    """``"label=field=value,field=value"`` -> (label, CompressionConfig fields); roles are written ``q+k+v``."""
+    """``"label=field=value,field=value"`` -> (label, CompressionConfig fields); roles are written ``q+k+v``;
+    ``ratios=0.2+0.3`` limits the cell to those ratios."""
     label, _, rest = text.partition("=")
     fields: dict = {}
     for item in filter(None, rest.split(",")):
         name, _, value = item.partition("=")
+        if name == "ratios":  # this cell only at these ratios: ratios=0.2+0.3
+            fields[name] = [float(r) for r in value.split("+")]
+            continue
         default = getattr(CompressionConfig(), name)
         kind = str if default is None else type(default)
         if kind is tuple:  # roles: q+k+v

@@ -7,6 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 $PYTHON benchmarks/compare.py --ratios 0.2,0.3,0.4,0.5 --out benchmarks/results/ngc_smollm2.json \
-  --cell "ngc=method=ngc,topology=intra,alloc=uniform,sequential=false"
-$PYTHON benchmarks/compare.py --ratios 0.2 --out benchmarks/results/ngc_refined_smollm2.json \
-  --cell "ngc+distill-100=method=ngc,topology=intra,alloc=uniform,sequential=false,refine=distill,refine_steps=100"
+  --cell "ngc=method=ngc,topology=intra,alloc=uniform,sequential=false" \
+  --cell "ngc+distill-100=method=ngc,topology=intra,alloc=uniform,sequential=false,refine=distill,refine_steps=100,ratios=0.2"
