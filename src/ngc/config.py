@@ -40,7 +40,7 @@ class CompressionConfig:
     alloc: str | None = None  # "uniform" (each group keeps 1-R) or "auto" (greedy); None = the method's default
     alloc_floor: float = 0.0  # auto allocation keeps at least this fraction of each group's uniform rank
     sequential: bool | None = None  # fit on inputs from the compressed prefix (SPEC §4); None = method default
-    sequential_shrink: float = 0.0  # ridge λ of the sequential target, relative to mean diag C̃ (0 = exact)
+    sequential_shrink: float = 0.1  # ridge λ of the sequential target, relative to mean diag C̃ (0 = exact)
     exact: bool = False  # refine groups whose members read different inputs by alternating solves (SPEC §4)
     refine: str = "none"  # SPEC §5: "none", "local" (per-group output MSE) or "distill" (KL to the dense model)
     refine_steps: int = 0  # 0 = the mode's default (REFINE_STEPS)

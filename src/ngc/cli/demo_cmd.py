@@ -23,13 +23,14 @@ def demo_command(
     max_windows: Annotated[
         int, typer.Option(metavar="K", help="Evaluate the first K windows of 2048 tokens (0 = whole test set).")
     ] = 8,
-    calib_samples: Annotated[int, typer.Option(metavar="N", help="Calibration windows.")] = 32,
+    calib_samples: Annotated[int, typer.Option(metavar="N", help="Calibration windows.")] = 16,
     calib_len: Annotated[int, typer.Option(metavar="L", help="Tokens per calibration window.")] = 512,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing DIR.")] = False,
     data_dir: DataDir = None,
     cache: CacheDir = None,
 ) -> None:
-    """Compress MODEL with NGC (intra-layer groups) at R = 0.3, save, reload, compare perplexity with the dense model.
+    """Compress MODEL with NGC at R = 0.3 (its default: intra-layer groups, sequential update), save, reload, and
+    compare perplexity with the dense model.
 
     Writes DIR/checkpoint (loads with `ngc eval DIR/checkpoint`), DIR/demo.json and DIR/demo.png. Calibration is
     WikiText-2 (train, else validation); evaluation is the first K windows of the WikiText-2 test set.

@@ -55,8 +55,9 @@ METHODS: dict[str, Method] = {
             "whiten",
             False,
             "neuronal groups: shared input states per topology",
-            # the best training-free setting measured on SmolLM2 (README, ablation)
-            {"alloc": "uniform", "sequential": False},
+            # the best training-free setting measured on SmolLM2 (README, ablation): intra groups, uniform ranks,
+            # the sequential update
+            {"alloc": "uniform", "sequential": True},
         ),
     )
 }

@@ -245,9 +245,11 @@ def test_local_refinement_lowers_each_groups_output_error(method):
 def test_distillation_lowers_the_kl_and_keeps_the_parameter_count():
     calib = calibration(n_windows=4, window_len=32)
     plain = build_tiny_model("llama")
-    compress(plain, CompressionConfig(method="ngc", ratio=0.5), calib)
+    compress(plain, CompressionConfig(method="ngc", ratio=0.5, sequential=False), calib)
     model = build_tiny_model("llama")
-    config = CompressionConfig(method="ngc", ratio=0.5, refine="distill", refine_steps=12, refine_lr=1e-2)
+    config = CompressionConfig(
+        method="ngc", ratio=0.5, sequential=False, refine="distill", refine_steps=12, refine_lr=1e-2
+    )
     result = compress(model, config, calib)
     assert result.accounting.model_params_kept == account(plain).model_params_kept
     dense = build_tiny_model("llama")
