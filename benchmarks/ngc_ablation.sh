@@ -11,7 +11,7 @@ $PYTHON benchmarks/compare.py --ratios 0.3 --out benchmarks/results/ablation_smo
   --cell "intra-cross-2=method=ngc,topology=intra-cross-2,alloc=uniform,sequential=false" \
   --cell "intra+auto-alloc=method=ngc,topology=intra,alloc=auto,sequential=false" \
   --cell "auto-topology=method=ngc,topology=auto,alloc=uniform,sequential=false" \
-  --cell "per-matrix+sequential=method=ngc,topology=per-matrix,alloc=uniform,sequential=true" \
+  --cell "per-matrix+sequential=method=ngc,topology=per-matrix,alloc=uniform,sequential=true,sequential_shrink=0" \
   --cell "intra+sequential-shrink-0.1=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.1" \
   --cell "intra+auto-alloc-floor-0.5=method=ngc,topology=intra,alloc=auto,alloc_floor=0.5,sequential=false" \
   --cell "intra+auto-energy=method=ngc,topology=intra,alloc=auto-energy,sequential=false" \
