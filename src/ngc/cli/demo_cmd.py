@@ -105,9 +105,9 @@ def demo_command(
         f"{model}, NGC {DEMO_TOPOLOGY} at R = {ratio}",
         {"dense": dense_ppl.ppl, f"NGC R={ratio}": compressed_ppl.ppl},
         {
-            "decoder linears": 1 - accounting.ratio_removed,
-            "all parameters": accounting.model_ratio_kept,
-            "MACs / token": accounting.mac_ratio,
+            "decoder\nlinear weights": 1 - accounting.ratio_removed,
+            "all\nparameters": accounting.model_ratio_kept,
+            "MACs\nper token": accounting.mac_ratio,
         },
         out / "demo.png",
     )
