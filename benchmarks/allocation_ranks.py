@@ -1,6 +1,6 @@
 """How auto allocation moves ranks away from uniform (min / mean / max of rank / uniform rank, per group kind).
 
-    NGC_DATA_DIR=../shared/data python benchmarks/allocation_ranks.py   # SmolLM2, intra, R = 0.3, 8 x 512 tokens
+NGC_DATA_DIR=../shared/data python benchmarks/allocation_ranks.py   # SmolLM2, intra, R = 0.3, 8 x 512 tokens
 """
 
 from __future__ import annotations
