@@ -1,6 +1,7 @@
 """Perplexity vs ratio, one line per method, from one or more results JSON files of benchmarks/compare.py.
 
     python benchmarks/plot_results.py benchmarks/results/baselines_smollm2.json benchmarks/results/ngc_smollm2.json \
+        benchmarks/results/ablation_smollm2.json --rename intra+sequential-shrink-0.1=ngc \
         --out benchmarks/results/ppl_vs_ratio_smollm2.png
 """
 
@@ -17,17 +18,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--skip", default="svd,fwsvd,asvd", help="methods left out (their perplexity is off scale)")
+    parser.add_argument("--only", default="svd-llm,basis-sharing,ngc", help="methods plotted (after --rename)")
+    parser.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="LABEL=NAME",
+        help="plot a cell label under another name (an ablation cell that is the default setting)",
+    )
     args = parser.parse_args()
-    skip = set(args.skip.split(","))
+    only = set(args.only.split(","))
+    rename = dict(item.split("=", 1) for item in args.rename)
     series: dict[str, list[tuple[float, float]]] = {}
     dense = None
     for path in args.results:
         results = json.loads(path.read_text())
         dense = results["dense"]["ppl"]
         for cell in results["cells"].values():
-            if cell["method"] not in skip:
-                series.setdefault(cell["method"], []).append((cell["ratio"], cell["ppl"]))
+            name = rename.get(cell["method"], cell["method"])
+            if name in only:
+                series.setdefault(name, []).append((cell["ratio"], cell["ppl"]))
     metric_vs_ratio(series, "WikiText-2 perplexity", "SmolLM2-135M, training-free", args.out, dense, log_y=True)
     print(f"wrote {args.out}")
 
