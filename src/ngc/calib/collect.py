@@ -35,12 +35,10 @@ def stream_layer_moments(
     model: nn.Module,
     windows: torch.Tensor,
     members: Sequence[Member],
-    after_layer: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, dict[str, InputMoments]]]:
     """Yield ``(layer, {input key: moments})`` for each decoder layer holding a member, in layer order.
 
-    Only one layer's statistics exist at a time unless the caller keeps them. ``after_layer(l)`` runs once
-    layer ``l``'s outputs are computed (the caller may then replace that layer's modules).
+    Only one layer's statistics exist at a time unless the caller keeps them.
     """
     layers = decoder_layers(model)
     by_layer = _by_layer(members)
@@ -59,8 +57,6 @@ def stream_layer_moments(
         finally:
             for handle in handles:
                 handle.remove()
-        if after_layer is not None:
-            after_layer(index)
         if wanted:
             yield index, moments
 
