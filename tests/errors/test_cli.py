@@ -252,3 +252,10 @@ def test_compress_refuses_a_checkpoint_and_eval_refuses_a_damaged_one(capsys, ti
     code, _, err = ngc(capsys, "eval", str(out), "--ppl-file", str(text_file), "--ppl-len", "16")
     assert code == 1
     assert_clean_error(err, "ngc.json cannot be read")
+
+
+def test_dynamics_refuses_sequences_too_short(capsys, tiny_folders, tmp_path):
+    code, _, err = ngc(capsys, "dynamics", str(tiny_folders["llama"]), "--length", "4", "--out", str(tmp_path / "d"))
+    assert code == 2
+    assert_clean_error(err, "at least 1 sequence of 8 tokens")
+    assert not (tmp_path / "d").exists()

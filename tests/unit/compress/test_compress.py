@@ -269,3 +269,22 @@ def test_auto_topology_picks_a_structure_per_unit_and_fits_it():
     assert set(result.decisions.values()) <= {"per-matrix", "intra", "cross-2", "intra-cross-2"}
     assert 0.4 <= result.accounting.ratio_removed < 0.45
     assert {g.id for g in result.groups} == {g.id for g in result.topology}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"alloc": "greedy"}, "unknown allocation 'greedy'"),
+        ({"refine": "finetune"}, "unknown refinement 'finetune'"),
+        ({"refine": "local", "refine_steps": -1}, "steps >= 0"),
+        ({"refine": "distill", "refine_lr": 0.0}, "positive learning rate"),
+    ],
+)
+def test_bad_config_values_are_refused(fields, message):
+    with pytest.raises(UsageError, match=message):
+        CompressionConfig(method="ngc", ratio=0.3, **fields)
+
+
+def test_exact_needs_a_whitening_method():
+    with pytest.raises(UsageError, match="--exact needs a whitening method"):
+        plan(build_tiny_model("llama"), CompressionConfig(method="fwsvd", ratio=0.3, exact=True))
