@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What each NGC ingredient buys at R = 0.3 on SmolLM2-135M (issue: ablation), with the calibration and evaluation
 # of benchmarks/results/baselines_smollm2.json (64 x 512 calibration tokens of WikiText-2 validation, seed 0;
-# first 16 windows of 2048 tokens of WikiText-2 test). Resumable: finished cells are skipped.
+# first 16 windows of 2048 tokens of WikiText-2 test). The exact objective matters only where members read
+# different inputs, so its row is on intra-cross-2. Resumable: finished cells are skipped.
 # Usage: NGC_DATA_DIR=/path/to/data benchmarks/ngc_ablation.sh [extra compare.py arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +16,11 @@ $PYTHON benchmarks/compare.py --ratios 0.3 --out benchmarks/results/ablation_smo
   --cell "intra+sequential-shrink-0.1=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.1" \
   --cell "intra+auto-alloc-floor-0.5=method=ngc,topology=intra,alloc=auto,alloc_floor=0.5,sequential=false" \
   --cell "intra+auto-energy=method=ngc,topology=intra,alloc=auto-energy,sequential=false" \
+  --cell "per-matrix+sequential-shrink-0.1=method=ngc,topology=per-matrix,alloc=uniform,sequential=true,sequential_shrink=0.1" \
+  --cell "intra+sequential-shrink-0.01=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.01" \
+  --cell "intra+sequential-shrink-0.03=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.03" \
+  --cell "intra+sequential-shrink-0.3=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.3" \
+  --cell "intra+sequential-shrink-1=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=1.0" \
+  --cell "intra-cross-2+exact=method=ngc,topology=intra-cross-2,alloc=uniform,sequential=false,exact=true" \
+  --cell "intra+sequential-shrink-0.1+distill-100=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.1,refine=distill,refine_steps=100" \
   "$@"
