@@ -1,4 +1,4 @@
-"""``ngc eval MODEL``: perplexity on named corpora and text files, as a table and optionally JSON."""
+"""``ngc eval MODEL``: perplexity on named corpora and text files, zero-shot tasks, as tables and optionally JSON."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ngc.cli.options import CacheDir, DataDir, Device
 from ngc.data.corpora import CORPORA, Text, load_corpus, load_text_file
+from ngc import settings
 from ngc.errors import UsageError
 
 
@@ -38,6 +39,27 @@ def eval_command(
             "Default: wikitext2 when no --ppl-file is given.",
         ),
     ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(
+            "--tasks",
+            metavar="T1,T2",
+            help="Zero-shot tasks through lm-evaluation-harness, read from the data directory: arc_easy, "
+            "arc_challenge, piqa, hellaswag, winogrande, openbookqa, boolq, gsm8k; 'zero-shot' = all but gsm8k; "
+            "'all'. With --tasks and no --ppl, perplexity is skipped.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(metavar="N", help="Score only the first N items of each task (GSM8K is slow).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(metavar="B", help="Batch size of the task requests.")] = 8,
+    samples: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Also write every scored item (task, doc_id, correct, prompt, gold) as JSON lines to FILE.",
+        ),
+    ] = None,
     ppl_file: Annotated[
         list[Path] | None,
         typer.Option("--ppl-file", metavar="FILE", help="UTF-8 text file for perplexity; repeatable."),
@@ -55,29 +77,41 @@ def eval_command(
     data_dir: DataDir = None,
     cache: CacheDir = None,
 ) -> None:
-    """Perplexity of MODEL over non-overlapping windows (SPEC §7).
+    """Perplexity of MODEL over non-overlapping windows, and zero-shot task accuracy (SPEC §7).
 
     Examples:
 
     \b
       ngc eval smollm2-135m --ppl wikitext2
       ngc eval ./my-model --ppl-file notes.txt --ppl-len 512 --max-windows 8 --json out.json
+      ngc eval ./ngc-demo --tasks arc_easy,piqa --limit 200 --json tasks.json
+      ngc eval smollm2-135m --ppl wikitext2 --tasks zero-shot --json all.json
     """
-    from ngc.atomic import write_json_atomic
+    from ngc.atomic import write_json_atomic, write_text_atomic
+    from ngc.eval.tasks import TASKS, evaluate_tasks, parse_tasks, task_files
     from ngc.checkpoint.load import load_any as load
     from ngc.eval.perplexity import check_eval_args, perplexity
     from ngc.models.load import parse_dtype
-    from ngc.reports.results import eval_payload
-    from ngc.reports.tables import perplexity_table, stdout_console
+    from ngc.reports.results import eval_payload, examples_jsonl
+    from ngc.reports.tables import perplexity_table, stdout_console, tasks_table
 
     # Validate everything that needs no model first: flags, data files, output path.
     check_eval_args(ppl_len, max_windows)
     parse_dtype(dtype)
     _check_json_target(json_out)
+    _check_json_target(samples)
     files = ppl_file or []
-    names = ppl or ([] if files else ["wikitext2"])
+    names = ppl or ([] if files or tasks else ["wikitext2"])
     texts: list[Text] = [load_corpus(name, ppl_split, data_dir) for name in names]
     texts += [load_text_file(path) for path in files]
+    task_names = parse_tasks(tasks) if tasks else []
+    root = settings.data_dir(data_dir)
+    for name in task_names:
+        task_files(TASKS[name], root)
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} must be at least 1", hint="e.g. --batch-size 8")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit} must be at least 1", hint="leave it out to score every item")
 
     from transformers.utils import logging as hf_logging
 
@@ -87,7 +121,24 @@ def eval_command(
         loaded = load(model, dtype=dtype, device=device, cache=cache)
     console.print(f"loaded {model} ({loaded.spec.family}, {loaded.dtype}) in {loaded.load_seconds:.1f} s")
     results = [perplexity(loaded, text, ppl_len, max_windows or None) for text in texts]
-    stdout_console().print(perplexity_table(results, title=f"perplexity of {model}"))
+    if results:
+        stdout_console().print(perplexity_table(results, title=f"perplexity of {model}"))
+    scores = []
+    if task_names:
+        scores = evaluate_tasks(
+            loaded.model,
+            loaded.tokenizer,
+            task_names,
+            root,
+            limit=limit,
+            batch_size=batch_size,
+            add_bos_token=loaded.bos_token_id is not None,
+            max_length=loaded.context_len,
+        )
+        stdout_console().print(tasks_table(scores, title=f"zero-shot tasks of {model}"))
+    if samples is not None:
+        write_text_atomic(samples, examples_jsonl(scores))
+        console.print(f"wrote {samples}")
     if json_out is not None:
-        write_json_atomic(json_out, eval_payload(loaded, results))
+        write_json_atomic(json_out, eval_payload(loaded, results, scores))
         console.print(f"wrote {json_out}")

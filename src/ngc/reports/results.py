@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from ngc import __version__
 from ngc.eval.perplexity import PerplexityResult
+from ngc.eval.tasks import TaskResult
 from ngc.models.load import LoadedModel
 
 
@@ -21,10 +24,24 @@ def model_record(loaded: LoadedModel) -> dict[str, Any]:
     }
 
 
-def eval_payload(loaded: LoadedModel, ppl: Sequence[PerplexityResult]) -> dict[str, Any]:
-    """``{"ngc_version", "model": {...}, "ppl": {"<corpus>": {"ppl", "tokens", "windows", "window_len", ...}}}``"""
+def eval_payload(
+    loaded: LoadedModel, ppl: Sequence[PerplexityResult], tasks: Sequence[TaskResult] = ()
+) -> dict[str, Any]:
+    """``{"ngc_version", "model": {...}, "ppl": {"<corpus>": {"ppl", "tokens", ...}},
+    "tasks": {"<task>": {"acc", "acc_norm", "n", ...}}}``"""
     return {
         "ngc_version": __version__,
         "model": model_record(loaded),
         "ppl": {result.corpus: result.to_dict() for result in ppl},
+        "tasks": {result.task: result.to_dict() for result in tasks},
     }
+
+
+def examples_jsonl(tasks: Sequence[TaskResult]) -> str:
+    """One JSON line per scored item: ``{"task", "doc_id", "correct", "correct_norm", "context", "gold"}``."""
+    lines = [
+        json.dumps({"task": result.task, **dataclasses.asdict(example)}, ensure_ascii=False)
+        for result in tasks
+        for example in result.examples
+    ]
+    return "".join(line + "\n" for line in lines)

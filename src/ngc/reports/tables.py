@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ngc.accounting import Accounting, GroupRank
 from ngc.eval.perplexity import PerplexityResult
+from ngc.eval.tasks import TaskResult
 
 
 def stdout_console() -> Console:
@@ -34,6 +35,26 @@ def perplexity_table(results: Sequence[PerplexityResult], title: str) -> Table:
             f"{result.mean_nll:.4f}",
             f"{result.ppl:.3f}",
         )
+    return table
+
+
+def tasks_table(results: Sequence[TaskResult], title: str) -> Table:
+    """Accuracy per task, with its standard error and the mean over tasks."""
+    table = Table(title=title)
+    for column in ("task", "n", "metric", "acc", "± se", "acc_norm"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for result in results:
+        table.add_row(
+            result.task,
+            f"{result.n:,}",
+            result.metric,
+            f"{result.acc:.4f}",
+            "-" if result.acc_stderr is None else f"{result.acc_stderr:.4f}",
+            "-" if result.acc_norm is None else f"{result.acc_norm:.4f}",
+        )
+    if len(results) > 1:
+        mean = sum(result.acc for result in results) / len(results)
+        table.add_row("mean", "", "", f"{mean:.4f}", "", "", style="bold")
     return table
 
 
