@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ngc import settings
 from ngc.cli.options import CacheDir, DataDir, Device
 from ngc.data.corpora import CORPORA, Text, load_corpus, load_text_file
-from ngc import settings
 from ngc.errors import UsageError
 
 
@@ -88,9 +88,9 @@ def eval_command(
       ngc eval smollm2-135m --ppl wikitext2 --tasks zero-shot --json all.json
     """
     from ngc.atomic import write_json_atomic, write_text_atomic
-    from ngc.eval.tasks import TASKS, evaluate_tasks, parse_tasks, task_files
     from ngc.checkpoint.load import load_any as load
     from ngc.eval.perplexity import check_eval_args, perplexity
+    from ngc.eval.tasks import TASKS, evaluate_tasks, parse_tasks, task_files
     from ngc.models.load import parse_dtype
     from ngc.reports.results import eval_payload, examples_jsonl
     from ngc.reports.tables import perplexity_table, stdout_console, tasks_table

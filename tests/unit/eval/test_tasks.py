@@ -35,7 +35,7 @@ ITEMS: dict[str, tuple[str, list[dict]]] = {
     "winogrande": (
         "validation.jsonl",
         [
-            {"sentence": f"Ann gave Bob {i} apples because _ was kind.", "option1": "Ann", "option2": "Bob", "answer": "1"}
+            {"sentence": f"Ann gave Bob {i} apples as _ was kind.", "option1": "Ann", "option2": "Bob", "answer": "1"}
             for i in range(3)
         ],
     ),
