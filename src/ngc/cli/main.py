@@ -46,11 +46,12 @@ def _root(
 
 
 def _register_commands() -> None:
-    from ngc.cli import compress_cmd, demo_cmd, dynamics_cmd, eval_cmd, export_cmd, info_cmd, models_cmd
+    from ngc.cli import bench_cmd, compress_cmd, demo_cmd, dynamics_cmd, eval_cmd, export_cmd, info_cmd, models_cmd
 
     app.command("demo")(demo_cmd.demo_command)
     app.command("compress")(compress_cmd.compress_command)
     app.command("eval")(eval_cmd.eval_command)
+    app.command("bench")(bench_cmd.bench_command)
     app.command("info")(info_cmd.info_command)
     app.command("export")(export_cmd.export_command)
     app.command("dynamics")(dynamics_cmd.dynamics_command)

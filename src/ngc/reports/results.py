@@ -9,6 +9,7 @@ from typing import Any
 
 from ngc import __version__
 from ngc.eval.perplexity import PerplexityResult
+from ngc.eval.speed import BenchResult
 from ngc.eval.tasks import TaskResult
 from ngc.models.load import LoadedModel
 
@@ -45,3 +46,23 @@ def examples_jsonl(tasks: Sequence[TaskResult]) -> str:
         for example in result.examples
     ]
     return "".join(line + "\n" for line in lines)
+
+
+def bench_payload(model: str, reference: str, result: BenchResult, peak: dict[str, Any]) -> dict[str, Any]:
+    """``{"prefill": [{"batch", "len", "tokens_per_s", "reference_tokens_per_s", "speedup", "limit"}],
+    "decode": {...}, "peak_memory_bytes": {...}, ...}``"""
+    return {
+        "ngc_version": __version__,
+        "model": model,
+        "reference": reference,
+        "device": result.device,
+        "dtype": result.dtype,
+        "threads": result.threads,
+        "warmup": result.warmup,
+        "repeats": result.repeats,
+        "mac_ratio": result.mac_ratio,
+        "bytes_ratio": result.bytes_ratio,
+        "prefill": [row.to_dict() for row in result.prefill],
+        "decode": None if result.decode is None else result.decode.to_dict(),
+        "peak_memory_bytes": peak,
+    }

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ngc.accounting import Accounting, GroupRank
 from ngc.eval.perplexity import PerplexityResult
+from ngc.eval.speed import BenchResult
 from ngc.eval.tasks import TaskResult
 
 
@@ -55,6 +56,30 @@ def tasks_table(results: Sequence[TaskResult], title: str) -> Table:
     if len(results) > 1:
         mean = sum(result.acc for result in results) / len(results)
         table.add_row("mean", "", "", f"{mean:.4f}", "", "", style="bold")
+    return table
+
+
+def speed_table(result: BenchResult, title: str) -> Table:
+    """Tokens/s of the model and the reference, the speed-up, its limit, and the fraction of the limit reached."""
+    table = Table(
+        title=title, caption=f"{result.threads} threads, median of {result.repeats} after {result.warmup} warm-up"
+    )
+    for column in ("phase", "shape", "tokens/s", "reference tokens/s", "speed-up", "limit", "of limit"):
+        table.add_column(column, justify="left" if column in ("phase", "shape") else "right")
+    rows = [("prefill", f"{row.batch} x {row.len}", row) for row in result.prefill]
+    if result.decode is not None:
+        row = result.decode
+        rows.append(("decode", f"{row.batch} x {row.prompt} + {row.len}", row))
+    for phase, shape, row in rows:
+        table.add_row(
+            phase,
+            shape,
+            f"{row.tokens_per_s:,.1f}",
+            f"{row.reference_tokens_per_s:,.1f}",
+            f"{row.speedup:.3f}",
+            f"{row.limit:.3f}",
+            f"{(row.speedup - 1) / (row.limit - 1):.0%}" if row.limit > 1 else "-",
+        )
     return table
 
 
