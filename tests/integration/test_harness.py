@@ -1,0 +1,74 @@
+"""The benchmark harness runs a spec end to end on a tiny model, writes JSON, markdown and plots, and resumes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lm_eval")
+
+HARNESS = Path(__file__).resolve().parents[2] / "benchmarks" / "harness.py"
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location("harness", HARNESS)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["harness"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_harness_runs_a_spec_and_skips_finished_cells(tmp_path, tiny_folders, data_dir, monkeypatch):
+    arc = data_dir / "arc_easy"
+    arc.mkdir()
+    rows = [
+        {"id": str(i), "question": f"Pick {i}", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "A"}
+        for i in range(3)
+    ]
+    (arc / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    monkeypatch.setenv("NGC_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        f"""name: tiny
+model: {tiny_folders["llama"]}
+calibration: {{samples: 4, len: 32, seed: 0}}
+perplexity: {{len: 32, windows: 2}}
+tasks: {{names: arc_easy, batch_size: 2}}
+speed: {{shapes: 1x16, decode: 1x8+2, warmup: 0, repeats: 1}}
+ratios: [0.3, 0.5]
+cells:
+  svd-llm: {{method: svd-llm}}
+  ngc: {{method: ngc}}
+""",
+        encoding="utf-8",
+    )
+    out = tmp_path / "results"
+    harness = _harness()
+    monkeypatch.setattr(sys, "argv", ["harness.py", str(spec), "--out", str(out), "--only", "ngc@0.3"])
+    harness.main()
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["cells"]) == ["ngc@0.3"]
+    cell = results["cells"]["ngc@0.3"]
+    assert cell["tasks"]["arc_easy"]["n"] == 3 and cell["ppl"]["windows"] == 2
+    assert cell["speed"]["prefill"][0]["limit"] == pytest.approx(1 / cell["accounting"]["mac_ratio"])
+    assert abs(cell["accounting"]["ratio_removed"] - 0.3) < 0.05
+    finished = dict(cell)
+
+    monkeypatch.setattr(sys, "argv", ["harness.py", str(spec), "--out", str(out)])
+    harness.main()
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["cells"]) == {"svd-llm@0.3", "svd-llm@0.5", "ngc@0.3", "ngc@0.5"}
+    assert results["cells"]["ngc@0.3"] == finished  # kept, not recomputed
+    table = (out / "results.md").read_text()
+    assert "| dense |" in table and "| ngc |" in table and "arc_easy" in table
+    for plot in ("ppl_vs_ratio.png", "accuracy_vs_ratio.png", "speedup_vs_ratio.png"):
+        assert (out / plot).stat().st_size > 0
+
+    spec.write_text(spec.read_text().replace("windows: 2", "windows: 3"), encoding="utf-8")
+    with pytest.raises(SystemExit, match="other settings"):
+        harness.main()
