@@ -6,10 +6,13 @@ The public API is imported lazily so that ``import ngc`` stays light (no transfo
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__version__ = version("ngc")
+try:
+    __version__ = version("ngc")
+except PackageNotFoundError:  # run from a source tree (PYTHONPATH=src) without installing
+    __version__ = "0+source"
 
 _LAZY = {
     "compress": "ngc.api",
