@@ -1,9 +1,10 @@
 """Factorised linear modules: ``y = A (Bᵀ x) + b`` (SPEC §1), with input states shared by a group (SPEC §2).
 
 A :class:`GroupBasis` owns ``B`` (n x k). Every module of the group holds a reference to the same basis object,
-so the tensor is stored once. The basis remembers the last input it saw: modules of one layer that read the same
-activation (q, k, v; gate, up) get the message ``z = Bᵀ x`` computed once. Modules in other layers pass a
-different tensor and compute their own message.
+so the tensor is stored once. Where several members of one layer read the same activation (q, k, v; gate, up),
+the basis keeps the message ``z = Bᵀ x`` of the last input until all ``readers`` of it have taken it, then drops
+it: nothing outlives its layer, so memory does not grow with depth. Modules in other layers pass a different
+tensor and compute their own message.
 """
 
 from __future__ import annotations
@@ -17,32 +18,43 @@ from torch import nn
 class GroupBasis(nn.Module):
     """Input states ``B`` of one group (SPEC §2), shared by all members."""
 
-    def __init__(self, group_id: str, n: int, k: int, *, dtype: torch.dtype | None = None, device=None) -> None:
+    def __init__(
+        self, group_id: str, n: int, k: int, *, readers: int = 1, dtype: torch.dtype | None = None, device=None
+    ) -> None:
         super().__init__()
         self.group_id = group_id
+        self.readers = readers  # members of one layer that read the same input
         self.B = nn.Parameter(torch.empty(n, k, dtype=dtype, device=device))
         self._last: tuple[torch.Tensor, int, bool, torch.Tensor] | None = None
+        self._taken = 0
 
     @property
     def rank(self) -> int:
         return int(self.B.shape[1])
 
     def message(self, x: torch.Tensor) -> torch.Tensor:
-        """``z = Bᵀ x`` for every token (x: (..., n) -> (..., k)); reused while ``x`` is the same unchanged tensor."""
+        """``z = Bᵀ x`` for every token (x: (..., n) -> (..., k)); computed once for the ``readers`` of one input
+        (the same unchanged tensor), and forgotten when the last of them has taken it."""
+        if self.readers <= 1:
+            return x @ self.B
         last = self._last
         grad = torch.is_grad_enabled()
         version = -1 if x.is_inference() else x._version  # inference tensors keep no version counter
         if last is not None and last[0] is x and last[1] == version and last[2] == grad:
-            return last[3]
-        z = x @ self.B  # (..., k)
-        self._last = (x, version, grad, z)
+            z = last[3]
+            self._taken += 1
+        else:
+            z = x @ self.B  # (..., k)
+            self._last, self._taken = (x, version, grad, z), 1
+        if self._taken >= self.readers:
+            self._last = None
         return z
 
     def forget(self) -> None:
-        self._last = None
+        self._last, self._taken = None, 0
 
     def extra_repr(self) -> str:
-        return f"group={self.group_id!r}, n={self.B.shape[0]}, k={self.rank}"
+        return f"group={self.group_id!r}, n={self.B.shape[0]}, k={self.rank}, readers={self.readers}"
 
     def _apply(self, fn, recurse=True):  # dtype/device changes invalidate the cached message
         self._last = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -46,7 +47,10 @@ def factorize(
         fit = fits[group.id] if fits is not None else None
         basis = bases.get(group.id)
         if basis is None:
-            basis = GroupBasis(group.id, group.n, ranks[group.id], dtype=reference.dtype, device=reference.device)
+            readers = max(Counter((m.layer, m.input_key) for m in group.members).values())
+            basis = GroupBasis(
+                group.id, group.n, ranks[group.id], readers=readers, dtype=reference.dtype, device=reference.device
+            )
             if fit is not None:
                 with torch.no_grad():
                     basis.B.copy_(fit.B)
