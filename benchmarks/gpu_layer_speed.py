@@ -46,9 +46,11 @@ def build(preset: str, layers: int, dtype: torch.dtype, device: str) -> LlamaFor
     return model.eval()
 
 
-def factorized_copy(dense: LlamaForCausalLM, method: str, ratio: float) -> LlamaForCausalLM:
+def factorized_copy(dense: LlamaForCausalLM, method: str, ratio: float, multiple: int = 1) -> LlamaForCausalLM:
+    """A copy with the factorized structure of ``method`` at ``ratio``; ranks rounded down to ``multiple``."""
     model = copy.deepcopy(dense)
     _, _, groups, ranks = plan(model, CompressionConfig(method=method, ratio=ratio))
+    ranks = {gid: max(multiple, rank // multiple * multiple) for gid, rank in ranks.items()}
     factorize(model, groups, ranks)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--rank-multiple", type=int, default=1, help="round every rank down to a multiple of this")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -87,6 +90,7 @@ def main() -> None:
         "layers": args.layers,
         "dense_params": sum(p.numel() for p in dense.parameters()),
         "dense_peak_memory_bytes": cuda_peak_bytes(dense, largest) if cuda else None,
+        "rank_multiple": args.rank_multiple,
         "warmup": args.warmup,
         "repeats": args.repeats,
         "rows": [],
@@ -94,7 +98,7 @@ def main() -> None:
     print(f"built {results['dense_params']:,} parameters in {time.perf_counter() - start:.1f} s", flush=True)
     for method in args.methods.split(","):
         for ratio in (float(r) for r in args.ratios.split(",")):
-            model = factorized_copy(dense, method, ratio)
+            model = factorized_copy(dense, method, ratio, args.rank_multiple)
             runs = [benchmark(model, dense, shapes, None, warmup=args.warmup, repeats=args.repeats)]
             runs += [benchmark(model, dense, [], d, warmup=args.warmup, repeats=args.repeats) for d in decodes]
             accounting = account(model)
