@@ -116,8 +116,8 @@ def bench_command(
                     "model": probe(model, dtype, largest.batch, largest.length, cache),
                     "reference": probe(reference, dtype, largest.batch, largest.length, cache),
                     "baseline": probe("-", dtype, 1, 1, cache),
-                    "method": f"peak RSS of a fresh process that loads the model and runs one prefill of {largest}; "
-                    "baseline: the same process loading nothing",
+                    "method": f"peak RSS during one prefill of {largest} in a fresh process that loaded the model "
+                    "(loading's own peak left out); baseline: the same process loading nothing",
                 }
     stdout_console().print(speed_table(result, title=f"{model} vs {reference} ({result.device}, {result.dtype})"))
     if peak:

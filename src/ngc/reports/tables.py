@@ -78,7 +78,7 @@ def speed_table(result: BenchResult, title: str) -> Table:
             f"{row.reference_tokens_per_s:,.1f}",
             f"{row.speedup:.3f}",
             f"{row.limit:.3f}",
-            f"{(row.speedup - 1) / (row.limit - 1):.0%}" if row.limit > 1 else "-",
+            f"{row.speedup / row.limit:.0%}",
         )
     return table
 
