@@ -17,7 +17,6 @@ from pathlib import Path
 
 from ngc.errors import NgcError
 
-
 STATUS = Path("/proc/self/status")
 
 
