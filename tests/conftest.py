@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -53,3 +54,18 @@ def data_dir(tmp_path) -> Path:
         lines = [" \n", f" = {split} heading = \n", " \n"] + [f" {split} line {i} : {SAMPLE_TEXT} \n" for i in range(3)]
         (folder / name).write_text("".join(lines), encoding="utf-8")
     return tmp_path / "data"
+
+
+@pytest.fixture
+def task_data_dir(tmp_path, monkeypatch) -> Path:
+    """A data directory with a few items of arc_easy, piqa, winogrande and boolq (tests/task_items.py)."""
+    from ngc.eval.tasks import TASKS
+    from tests.task_items import ITEMS
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    root = tmp_path / "data"
+    for task, (name, rows) in ITEMS.items():
+        folder = root / TASKS[task].folder
+        folder.mkdir(parents=True)
+        (folder / name).write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return root

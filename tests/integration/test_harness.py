@@ -22,16 +22,9 @@ def _harness():
     return module
 
 
-def test_harness_runs_a_spec_and_skips_finished_cells(tmp_path, tiny_folders, data_dir, monkeypatch):
-    arc = data_dir / "arc_easy"
-    arc.mkdir()
-    rows = [
-        {"id": str(i), "question": f"Pick {i}", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "A"}
-        for i in range(3)
-    ]
-    (arc / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+def test_harness_runs_a_spec_and_skips_finished_cells(tmp_path, tiny_folders, data_dir, task_data_dir, monkeypatch):
+    assert data_dir == task_data_dir  # one folder: WikiText-2 and the task files
     monkeypatch.setenv("NGC_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
     spec = tmp_path / "tiny.yaml"
     spec.write_text(
         f"""name: tiny
@@ -54,7 +47,7 @@ cells:
     results = json.loads((out / "results.json").read_text())
     assert list(results["cells"]) == ["ngc@0.3"]
     cell = results["cells"]["ngc@0.3"]
-    assert cell["tasks"]["arc_easy"]["n"] == 3 and cell["ppl"]["windows"] == 2
+    assert cell["tasks"]["arc_easy"]["n"] == 5 and cell["ppl"]["windows"] == 2
     assert cell["speed"]["prefill"][0]["limit"] == pytest.approx(1 / cell["accounting"]["mac_ratio"])
     assert abs(cell["accounting"]["ratio_removed"] - 0.3) < 0.05
     finished = dict(cell)

@@ -98,7 +98,9 @@ def _ratio_se(skew_sq: torch.Tensor, sym_sq: torch.Tensor) -> float:
 
 
 def sym_top_eigenvalue(f: Map, x: torch.Tensor, steps: int = 20, seed: int = 0) -> float:
-    """Largest eigenvalue of ``(J + Jᵀ)/2`` at x, by Lanczos with full reorthogonalisation."""
+    """Largest eigenvalue of ``(J + Jᵀ)/2`` at x, by Lanczos with full reorthogonalisation (0 steps: NaN)."""
+    if steps < 1:
+        return math.nan
     g = torch.Generator().manual_seed(seed + 1)
     q = torch.randn(x.shape, generator=g, dtype=torch.float64)
     q = q / q.norm()

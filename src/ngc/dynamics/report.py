@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -59,9 +60,101 @@ def sequence_dynamics(
     return lyap, decompositions
 
 
+@dataclass(frozen=True)
+class SequenceDynamics:
+    """Every per-layer figure of one sequence (lists indexed by layer)."""
+
+    tokens: int
+    lyapunov: list[float]
+    divergence: list[float]
+    sym_top: list[float]
+    driving_ratio: list[float]
+    force_ratio: list[float] | None = None
+    departure: list[float] | None = None
+
+    @property
+    def stability(self) -> float:
+        """S = −λ averaged over the layers with a finite exponent (one number per sequence, SPEC §8.4)."""
+        return -_finite_mean(self.lyapunov)
+
+    @property
+    def driving(self) -> float:
+        """The driving ratio averaged over layers."""
+        return _finite_mean(self.driving_ratio)
+
+
+def _finite_mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def default_window(T: int, t0: int | None, window: int | None) -> tuple[int, int]:
+    """t0 = T // 4 and a window of the rest (at most 64 tokens) unless given."""
+    t0 = T // 4 if t0 is None else t0
+    return t0, (min(T - t0 - 1, 64) if window is None else window)
+
+
+def dynamics_per_sequence(
+    model: nn.Module,
+    sequences: torch.Tensor | Sequence[torch.Tensor],
+    reference: nn.Module | None = None,
+    *,
+    t0: int | None = None,
+    window: int | None = None,
+    probes: int = 4,
+    lanczos_steps: int = 10,
+    seed: int = 0,
+) -> list[SequenceDynamics]:
+    """Per-layer figures of each sequence: rows of an (N, T) tensor, or 1-D sequences of different lengths."""
+    results = []
+    with eager_attention(model):
+        for n, tokens in enumerate(progress(sequences, desc="dynamics (sequences)", unit="seq")):
+            start, span = default_window(int(tokens.shape[0]), t0, window)
+            lyap, decompositions = sequence_dynamics(model, tokens, start, span, probes, lanczos_steps, seed + n)
+            forces = layer_forces(model, reference, tokens) if reference is not None else None
+            results.append(
+                SequenceDynamics(
+                    tokens=int(tokens.shape[0]),
+                    lyapunov=[float(v) for v in lyap],
+                    divergence=[d.divergence for d in decompositions],
+                    sym_top=[d.sym_top for d in decompositions],
+                    driving_ratio=[d.driving_ratio for d in decompositions],
+                    force_ratio=None if forces is None else [f.force_ratio for f in forces],
+                    departure=None if forces is None else [f.departure for f in forces],
+                )
+            )
+    return results
+
+
+def summarise(per_sequence: Sequence[SequenceDynamics]) -> list[LayerDynamics]:
+    """Per-layer means over sequences, with standard errors over sequences."""
+    layers = []
+    for index in range(len(per_sequence[0].lyapunov)):
+        column = {
+            key: [getattr(s, key)[index] for s in per_sequence if getattr(s, key) is not None]
+            for key in ("lyapunov", "divergence", "sym_top", "driving_ratio", "force_ratio", "departure")
+        }
+        lyap_mean, lyap_se = _mean_se(column["lyapunov"])
+        ratio_mean, ratio_se = _mean_se(column["driving_ratio"])
+        layers.append(
+            LayerDynamics(
+                layer=index,
+                lyapunov=lyap_mean,
+                lyapunov_se=lyap_se,
+                divergence=_mean_se(column["divergence"])[0],
+                sym_top=_mean_se(column["sym_top"])[0],
+                driving_ratio=ratio_mean,
+                driving_ratio_se=ratio_se,
+                force_ratio=_mean_se(column["force_ratio"])[0] if column["force_ratio"] else None,
+                departure=_mean_se(column["departure"])[0] if column["departure"] else None,
+            )
+        )
+    return layers
+
+
 def measure_dynamics(
     model: nn.Module,
-    sequences: torch.Tensor,
+    sequences: torch.Tensor | Sequence[torch.Tensor],
     reference: nn.Module | None = None,
     *,
     t0: int | None = None,
@@ -70,39 +163,8 @@ def measure_dynamics(
     lanczos_steps: int = 10,
     seed: int = 0,
 ) -> list[LayerDynamics]:
-    """Per-layer figures averaged over ``sequences`` (N, T). ``t0`` defaults to T // 4, ``window`` to the rest."""
-    T = int(sequences.shape[1])
-    t0 = T // 4 if t0 is None else t0
-    window = min(T - t0 - 1, 64) if window is None else window
-    per_layer: dict[int, dict[str, list[float]]] = {}
-    with eager_attention(model):
-        for n, tokens in enumerate(progress(sequences, desc="dynamics (sequences)", unit="seq")):
-            lyap, decompositions = sequence_dynamics(model, tokens, t0, window, probes, lanczos_steps, seed + n)
-            forces = layer_forces(model, reference, tokens) if reference is not None else None
-            for index, d in enumerate(decompositions):
-                row = per_layer.setdefault(index, {})
-                row.setdefault("lyapunov", []).append(float(lyap[index]))
-                row.setdefault("divergence", []).append(d.divergence)
-                row.setdefault("sym_top", []).append(d.sym_top)
-                row.setdefault("driving_ratio", []).append(d.driving_ratio)
-                if forces is not None:
-                    row.setdefault("force_ratio", []).append(forces[index].force_ratio)
-                    row.setdefault("departure", []).append(forces[index].departure)
-    layers = []
-    for index, row in sorted(per_layer.items()):
-        lyap_mean, lyap_se = _mean_se(row["lyapunov"])
-        ratio_mean, ratio_se = _mean_se(row["driving_ratio"])
-        layers.append(
-            LayerDynamics(
-                layer=index,
-                lyapunov=lyap_mean,
-                lyapunov_se=lyap_se,
-                divergence=_mean_se(row["divergence"])[0],
-                sym_top=_mean_se(row["sym_top"])[0],
-                driving_ratio=ratio_mean,
-                driving_ratio_se=ratio_se,
-                force_ratio=_mean_se(row["force_ratio"])[0] if "force_ratio" in row else None,
-                departure=_mean_se(row["departure"])[0] if "departure" in row else None,
-            )
-        )
-    return layers
+    """Per-layer figures averaged over ``sequences``. ``t0`` defaults to T // 4, ``window`` to the rest."""
+    per_sequence = dynamics_per_sequence(
+        model, sequences, reference, t0=t0, window=window, probes=probes, lanczos_steps=lanczos_steps, seed=seed
+    )
+    return summarise(per_sequence)

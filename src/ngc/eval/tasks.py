@@ -123,6 +123,13 @@ def parse_tasks(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def check_choice_task(name: str) -> None:
+    """A multiple-choice task (per-item correctness from log-likelihoods), else a clear error."""
+    choice = [task for task, source in TASKS.items() if source.metric == "acc"]
+    if name not in choice:
+        raise UsageError(f"task {name!r} is not a multiple-choice task", hint=f"choose from {', '.join(choice)}")
+
+
 def task_files(source: TaskSource, root: Path | None) -> dict[str, Path]:
     """Split -> local file of a task, checked to exist."""
     if root is None:

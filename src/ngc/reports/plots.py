@@ -92,3 +92,42 @@ def per_layer(
             ax.legend()
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def by_correctness(models: Mapping[str, Sequence[Mapping[str, object]]], title: str, path: str | Path) -> Path:
+    """Per-item stability and driving ratio of each model, split by whether the item was answered correctly.
+
+    ``models[name]`` is a list of items with keys ``correct``, ``stability`` and ``driving_ratio``; one panel per
+    feature, a pair of boxes (wrong, correct) per model with the items drawn on top.
+    """
+    import math
+    import random
+
+    plt = _pyplot()
+    features = (("stability", "stability S = -λ (mean over layers)"), ("driving_ratio", "driving ratio (mean)"))
+    fig, axes = plt.subplots(1, len(features), figsize=(5.2 * len(features), 4.0), squeeze=False)
+    jitter = random.Random(0)
+    for ax, (key, label) in zip(axes[0], features, strict=True):
+        positions, data, ticks = [], [], []
+        for m, (name, items) in enumerate(models.items()):
+            for c, correct in enumerate((False, True)):
+                values = [
+                    float(i[key]) for i in items if bool(i["correct"]) == correct and math.isfinite(float(i[key]))
+                ]
+                x = 3 * m + c
+                positions.append(x)
+                data.append(values)
+                ticks.append(f"{name}\n{'correct' if correct else 'wrong'} (n={len(values)})")
+                ax.scatter(
+                    [x + jitter.uniform(-0.15, 0.15) for _ in values],
+                    values,
+                    s=6,
+                    alpha=0.4,
+                    color="#55a868" if correct else "#c44e52",
+                )
+        ax.boxplot(data, positions=positions, widths=0.6, showfliers=False)
+        ax.set_xticks(positions, ticks, fontsize=7)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.task_items import ITEMS
 
 from ngc.cli import main as cli
 from ngc.errors import DataNotFoundError, UsageError
@@ -14,52 +15,10 @@ from ngc.models.tiny import build_tiny_model, build_tiny_tokenizer
 
 pytest.importorskip("lm_eval")
 
-# A few items per task in the standard field names (made up for the tests, not from the real sets).
-ITEMS: dict[str, tuple[str, list[dict]]] = {
-    "arc_easy": (
-        "test.jsonl",
-        [
-            {
-                "id": f"q{i}",
-                "question": f"Which one is number {i}?",
-                "choices": {"text": ["one", "two", "three"], "label": ["A", "B", "C"]},
-                "answerKey": "ABC"[i % 3],
-            }
-            for i in range(5)
-        ],
-    ),
-    "piqa": (
-        "validation.jsonl",
-        [{"goal": f"Open jar {i}", "sol1": "twist the lid", "sol2": "eat the lid", "label": i % 2} for i in range(4)],
-    ),
-    "winogrande": (
-        "validation.jsonl",
-        [
-            {"sentence": f"Ann gave Bob {i} apples as _ was kind.", "option1": "Ann", "option2": "Bob", "answer": "1"}
-            for i in range(3)
-        ],
-    ),
-    "boolq": (
-        "validation.jsonl",
-        [{"question": "is it red", "passage": f"The box {i} is red.", "idx": i, "label": 1} for i in range(3)],
-    ),
-}
 
-
-@pytest.fixture
-def task_dir(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
-    root = tmp_path / "data"
-    for task, (name, rows) in ITEMS.items():
-        folder = root / TASKS[task].folder
-        folder.mkdir(parents=True)
-        (folder / name).write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return root
-
-
-def test_tasks_use_the_harness_prompts_and_keep_every_example(task_dir):
+def test_tasks_use_the_harness_prompts_and_keep_every_example(task_data_dir):
     model, tokenizer = build_tiny_model("llama"), build_tiny_tokenizer()
-    results = evaluate_tasks(model, tokenizer, ["arc_easy", "piqa", "winogrande", "boolq"], task_dir, batch_size=4)
+    results = evaluate_tasks(model, tokenizer, ["arc_easy", "piqa", "winogrande", "boolq"], task_data_dir, batch_size=4)
     by_task = {result.task: result for result in results}
     for task, (_, rows) in ITEMS.items():
         result = by_task[task]
@@ -74,35 +33,35 @@ def test_tasks_use_the_harness_prompts_and_keep_every_example(task_dir):
     assert by_task["piqa"].examples[0].context == "Question: Open jar 0\nAnswer:"
 
 
-def test_limit_scores_the_first_items(task_dir):
-    (result,) = evaluate_tasks(build_tiny_model("llama"), build_tiny_tokenizer(), ["arc_easy"], task_dir, limit=2)
+def test_limit_scores_the_first_items(task_data_dir):
+    (result,) = evaluate_tasks(build_tiny_model("llama"), build_tiny_tokenizer(), ["arc_easy"], task_data_dir, limit=2)
     assert result.n == 2 and [e.doc_id for e in result.examples] == [0, 1]
 
 
-def test_task_config_swaps_only_the_dataset(task_dir):
-    config = task_config(TASKS["arc_easy"], task_dir)
+def test_task_config_swaps_only_the_dataset(task_data_dir):
+    config = task_config(TASKS["arc_easy"], task_data_dir)
     assert config["include"].endswith("arc/arc_easy.yaml") and Path(config["include"]).is_file()
     assert config["dataset_path"] == "json"
-    assert config["dataset_kwargs"]["data_files"] == {"test": str(task_dir / "arc_easy" / "test.jsonl")}
+    assert config["dataset_kwargs"]["data_files"] == {"test": str(task_data_dir / "arc_easy" / "test.jsonl")}
     assert config["test_split"] == "test" and config["training_split"] is None
 
 
-def test_task_names_and_missing_data_are_clear_errors(task_dir):
+def test_task_names_and_missing_data_are_clear_errors(task_data_dir):
     assert parse_tasks("piqa, arc_easy,piqa") == ["piqa", "arc_easy"]
     assert "gsm8k" not in parse_tasks("zero-shot") and "gsm8k" in parse_tasks("all")
     with pytest.raises(UsageError, match="unknown task 'arc'") as info:
         parse_tasks("arc")
     assert "arc_easy" in info.value.hint
     with pytest.raises(DataNotFoundError, match="hellaswag/validation.jsonl does not exist"):
-        task_config(TASKS["hellaswag"], task_dir)
+        task_config(TASKS["hellaswag"], task_data_dir)
     with pytest.raises(DataNotFoundError, match="needs a data directory"):
         task_config(TASKS["piqa"], None)
 
 
-def test_eval_command_writes_tasks_json_and_samples(capsys, tmp_path, tiny_folders, task_dir):
+def test_eval_command_writes_tasks_json_and_samples(capsys, tmp_path, tiny_folders, task_data_dir):
     out, samples = tmp_path / "eval.json", tmp_path / "samples.jsonl"
     args = ["eval", str(tiny_folders["llama"]), "--tasks", "arc_easy,piqa", "--limit", "3"]
-    args += ["--data-dir", str(task_dir), "--json", str(out), "--samples", str(samples)]
+    args += ["--data-dir", str(task_data_dir), "--json", str(out), "--samples", str(samples)]
     assert cli.run(args) == 0
     shown = capsys.readouterr().out
     assert "arc_easy" in shown and "mean" in shown
@@ -112,6 +71,6 @@ def test_eval_command_writes_tasks_json_and_samples(capsys, tmp_path, tiny_folde
     assert payload["tasks"]["arc_easy"]["n"] == 3 and 0.0 <= payload["tasks"]["arc_easy"]["acc"] <= 1.0
     lines = [json.loads(line) for line in samples.read_text().splitlines()]
     assert len(lines) == 6 and {line["task"] for line in lines} == {"arc_easy", "piqa"}
-    assert cli.run(["eval", str(tiny_folders["llama"]), "--tasks", "gsm8k", "--data-dir", str(task_dir)]) == 1
+    assert cli.run(["eval", str(tiny_folders["llama"]), "--tasks", "gsm8k", "--data-dir", str(task_data_dir)]) == 1
     err = capsys.readouterr().err
     assert "gsm8k/test.jsonl does not exist" in err and "Traceback" not in err
