@@ -48,7 +48,7 @@ def lyapunov(
     g = torch.Generator().manual_seed(seed)
     v = _direction(embeds.shape, t0, g, embeds.dtype).to(embeds.device)
     if epsilon is None:
-        _, moved = jvp(trajectory, (embeds,), (v,))
+        _, moved = jvp(trajectory, (embeds,), (v,))  # one product: forward mode beats building a pullback
     else:
         with torch.no_grad():
             moved = trajectory(embeds + epsilon * v) - trajectory(embeds)
