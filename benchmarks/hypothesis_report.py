@@ -1,0 +1,57 @@
+"""One table and one plot of the per-item relation between dynamics and correctness for several models.
+
+Reads the dynamics.json that `ngc dynamics MODEL --task TASK` wrote for each model; writes OUT/hypothesis.md
+and OUT/hypothesis.png.
+
+    python benchmarks/hypothesis_report.py RUN_DENSE RUN_NGC --names dense,ngc-r0.3 --out FOLDER
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ngc.atomic import write_text_atomic
+from ngc.reports.plots import by_correctness
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="folders written by `ngc dynamics --task`")
+    parser.add_argument("--names", default=None, help="comma-separated labels (default: the folder names)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    names = args.names.split(",") if args.names else [run.name for run in args.runs]
+    payloads = {
+        name: json.loads((run / "dynamics.json").read_text()) for name, run in zip(names, args.runs, strict=True)
+    }
+    task = next(iter(payloads.values()))["data"]["task"]
+    lines = [
+        f"Per-item dynamics of the {task} prompt vs correctness (point-biserial r with a bootstrap 95 % interval, "
+        "two-sided permutation p; stability S = -λ and the driving ratio are means over layers).",
+        "",
+        "| model | items | accuracy | feature | r | 95 % interval | p | mean (correct) | mean (wrong) |",
+        "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for name, payload in payloads.items():
+        examples = payload["examples"]
+        accuracy = sum(e["correct"] for e in examples) / len(examples)
+        for feature, row in payload["relation"].items():
+            lines.append(
+                f"| {name} | {row['n']} | {accuracy:.3f} | {feature} | {row['r']:+.3f} | "
+                f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] | {row['p_value']:.3f} | "
+                f"{row['mean_correct']:.4f} | {row['mean_wrong']:.4f} |"
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "hypothesis.md", "\n".join(lines) + "\n")
+    by_correctness(
+        {name: payload["examples"] for name, payload in payloads.items()},
+        f"{task}: per-item dynamics of the prompt vs correctness",
+        args.out / "hypothesis.png",
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
