@@ -17,10 +17,7 @@ $PYTHON benchmarks/compare.py --ratios 0.3 --out benchmarks/results/ablation_smo
   --cell "intra+auto-alloc-floor-0.5=method=ngc,topology=intra,alloc=auto,alloc_floor=0.5,sequential=false" \
   --cell "intra+auto-energy=method=ngc,topology=intra,alloc=auto-energy,sequential=false" \
   --cell "per-matrix+sequential-shrink-0.1=method=ngc,topology=per-matrix,alloc=uniform,sequential=true,sequential_shrink=0.1" \
-  --cell "intra+sequential-shrink-0.01=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.01" \
   --cell "intra+sequential-shrink-0.03=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.03" \
   --cell "intra+sequential-shrink-0.3=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.3" \
-  --cell "intra+sequential-shrink-1=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=1.0" \
   --cell "intra-cross-2+exact=method=ngc,topology=intra-cross-2,alloc=uniform,sequential=false,exact=true" \
-  --cell "intra+sequential-shrink-0.1+distill-100=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.1,refine=distill,refine_steps=100" \
   "$@"
