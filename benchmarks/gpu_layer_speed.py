@@ -49,8 +49,7 @@ def build(preset: str, layers: int, dtype: torch.dtype, device: str) -> LlamaFor
 def factorized_copy(dense: LlamaForCausalLM, method: str, ratio: float, multiple: int = 1) -> LlamaForCausalLM:
     """A copy with the factorized structure of ``method`` at ``ratio``; ranks rounded down to ``multiple``."""
     model = copy.deepcopy(dense)
-    _, _, groups, ranks = plan(model, CompressionConfig(method=method, ratio=ratio))
-    ranks = {gid: max(multiple, rank // multiple * multiple) for gid, rank in ranks.items()}
+    _, _, groups, ranks = plan(model, CompressionConfig(method=method, ratio=ratio, rank_multiple=multiple))
     factorize(model, groups, ranks)
     torch.manual_seed(0)
     with torch.no_grad():

@@ -20,7 +20,7 @@ from ngc.calib.moments import InputMoments
 from ngc.config import CompressionConfig
 from ngc.data.windows import CalibrationWindows
 from ngc.errors import UsageError
-from ngc.fit.allocate import greedy_ranks, uniform_rank
+from ngc.fit.allocate import greedy_ranks, round_ranks, uniform_rank
 from ngc.fit.alternating import alternate, exact_loss
 from ngc.fit.closed_form import GroupFit, fit_group, spectrum
 from ngc.fit.methods import Method, get_method, group_transform
@@ -102,7 +102,7 @@ def plan(model: nn.Module, config: CompressionConfig) -> tuple[Method, list[Memb
     topology = config.topology or method.topology
     # auto is chosen after calibration (compress); until then the plan shows per-matrix groups
     groups = build_topology("per-matrix" if topology == AUTO else topology, members)
-    ranks = {group.id: uniform_rank(group, config.ratio) for group in groups}
+    ranks = round_ranks({group.id: uniform_rank(group, config.ratio) for group in groups}, config.rank_multiple)
     empty = [group.id for group in groups if ranks[group.id] < 1]
     if empty:
         raise UsageError(
@@ -204,12 +204,14 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
         assert stats is not None
         start = time.perf_counter()
         groups, result.decisions = choose_topology(model, method, members, stats.moments, config)
-        ranks = {group.id: uniform_rank(group, config.ratio) for group in groups}
+        ranks = round_ranks({group.id: uniform_rank(group, config.ratio) for group in groups}, config.rank_multiple)
         result.topology, result.ranks = groups, ranks
         result.fit_seconds += time.perf_counter() - start
     if config.alloc != "uniform":
         start = time.perf_counter()
-        ranks = allocate_auto(model, method, groups, stats.moments if stats else {}, fisher, config)
+        ranks = round_ranks(
+            allocate_auto(model, method, groups, stats.moments if stats else {}, fisher, config), config.rank_multiple
+        )
         result.ranks = ranks
         result.fit_seconds += time.perf_counter() - start
 

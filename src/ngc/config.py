@@ -46,6 +46,7 @@ class CompressionConfig:
     refine_steps: int = 0  # 0 = the mode's default (REFINE_STEPS)
     refine_lr: float = 1e-3  # relative step: about this fraction of each factor's mean magnitude
     asvd_alpha: float = 0.5
+    rank_multiple: int = 1  # round every rank down to a multiple of this (8 to 128 for GPU kernels)
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -56,6 +57,8 @@ class CompressionConfig:
             )
         if self.refine not in REFINE_STEPS and self.refine != "none":
             raise UsageError(f"unknown refinement {self.refine!r}", hint="use none, local or distill")
+        if self.rank_multiple < 1:
+            raise UsageError(f"rank multiple {self.rank_multiple} must be at least 1", hint="e.g. --rank-multiple 64")
         if self.refine_steps < 0 or self.refine_lr <= 0:
             raise UsageError("refinement needs steps >= 0 and a positive learning rate")
         from ngc.fit.methods import get_method
