@@ -6,7 +6,7 @@
 - driving ratio ``‖Skew‖_F / ‖Sym‖_F``: the part that moves the state without changing its energy to first order;
 - the top eigenvalue of Sym (worst-case expansion) by Lanczos on ``v ↦ (Jv + Jᵀv)/2``.
 J is never formed: :class:`Linearisation` runs ``F`` once, then ``Jᵀv`` is its pullback (one backward pass) and
-``Jv`` the pullback of that linear pullback (reverse mode twice). Through transformer layers on a CPU this costs
+``Jv`` the pullback of that linear pullback (reverse mode twice). Through decoder layers on a CPU this costs
 about a fifth of a forward-mode JVP, and both maps are reused by every probe and every Lanczos step.
 """
 
