@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 
-from ngc.api import collect_statistics, compress
+from ngc.api import calibration_info, collect_statistics, compress
 from ngc.atomic import write_json_atomic, write_text_atomic
 from ngc.config import CompressionConfig
 from ngc.data.corpora import load_corpus
@@ -153,14 +153,7 @@ def main() -> None:
         )
         start = time.perf_counter()
         stats = collect_statistics(loaded.model, calib, fisher=any(f["method"] == "fwsvd" for f in spec.cells.values()))
-        results["calibration"] = {
-            "source": calib.source,
-            "split": calib.split,
-            "n_windows": calib.n_windows,
-            "window_len": calib.window_len,
-            "seed": calib.seed,
-            "seconds": time.perf_counter() - start,
-        }
+        results["calibration"] = calibration_info(calib) | {"seconds": time.perf_counter() - start}
     for label, ratio in pending:
         key = f"{label}@{ratio}"
         start = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -156,15 +157,8 @@ def measure_dynamics(
     model: nn.Module,
     sequences: torch.Tensor | Sequence[torch.Tensor],
     reference: nn.Module | None = None,
-    *,
-    t0: int | None = None,
-    window: int | None = None,
-    probes: int = 4,
-    lanczos_steps: int = 10,
-    seed: int = 0,
+    **options: Any,
 ) -> list[LayerDynamics]:
-    """Per-layer figures averaged over ``sequences``. ``t0`` defaults to T // 4, ``window`` to the rest."""
-    per_sequence = dynamics_per_sequence(
-        model, sequences, reference, t0=t0, window=window, probes=probes, lanczos_steps=lanczos_steps, seed=seed
-    )
-    return summarise(per_sequence)
+    """Per-layer figures averaged over ``sequences``; ``options`` as :func:`dynamics_per_sequence` takes them
+    (``t0`` defaults to T // 4, ``window`` to the rest, ``probes``, ``lanczos_steps``, ``seed``)."""
+    return summarise(dynamics_per_sequence(model, sequences, reference, **options))
