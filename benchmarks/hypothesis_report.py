@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from ngc.atomic import write_text_atomic
 from ngc.reports.plots import by_correctness
 
@@ -29,19 +31,23 @@ def main() -> None:
     task = next(iter(payloads.values()))["data"]["task"]
     lines = [
         f"Per-item dynamics of the {task} prompt vs correctness (point-biserial r with a bootstrap 95 % interval, "
-        "two-sided permutation p; stability S = -λ and the driving ratio are means over layers).",
+        "two-sided permutation p; stability S = -λ and the driving ratio are means over layers; the last column is "
+        "the feature's correlation with the prompt's length in tokens).",
         "",
-        "| model | items | accuracy | feature | r | 95 % interval | p | mean (correct) | mean (wrong) |",
-        "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: |",
+        "| model | items | accuracy | feature | r | 95 % interval | p | mean (correct) | mean (wrong) | r, length |",
+        "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for name, payload in payloads.items():
         examples = payload["examples"]
         accuracy = sum(e["correct"] for e in examples) / len(examples)
+        tokens = torch.tensor([float(e["tokens"]) for e in examples], dtype=torch.float64)
         for feature, row in payload["relation"].items():
+            values = torch.tensor([float(e[feature]) for e in examples], dtype=torch.float64)
+            with_length = float(torch.corrcoef(torch.stack([values, tokens]))[0, 1])  # a confound to keep in mind
             lines.append(
                 f"| {name} | {row['n']} | {accuracy:.3f} | {feature} | {row['r']:+.3f} | "
                 f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] | {row['p_value']:.3f} | "
-                f"{row['mean_correct']:.4f} | {row['mean_wrong']:.4f} |"
+                f"{row['mean_correct']:.4f} | {row['mean_wrong']:.4f} | {with_length:+.3f} |"
             )
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "hypothesis.md", "\n".join(lines) + "\n")
