@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ngc.atomic import write_text_atomic
+from ngc.dynamics.hypothesis import relation
 from ngc.reports.plots import by_correctness
 
 
@@ -41,14 +42,20 @@ def main() -> None:
         examples = payload["examples"]
         accuracy = sum(e["correct"] for e in examples) / len(examples)
         tokens = torch.tensor([float(e["tokens"]) for e in examples], dtype=torch.float64)
+        correct = [bool(e["correct"]) for e in examples]
         for feature, row in payload["relation"].items():
             values = torch.tensor([float(e[feature]) for e in examples], dtype=torch.float64)
             with_length = float(torch.corrcoef(torch.stack([values, tokens]))[0, 1])  # a confound to keep in mind
-            lines.append(
-                f"| {name} | {row['n']} | {accuracy:.3f} | {feature} | {row['r']:+.3f} | "
-                f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] | {row['p_value']:.3f} | "
-                f"{row['mean_correct']:.4f} | {row['mean_wrong']:.4f} | {with_length:+.3f} |"
-            )
+            # the same feature with the linear effect of prompt length removed (least-squares residual)
+            design = torch.stack([torch.ones_like(tokens), tokens], dim=1)
+            residual = values - design @ torch.linalg.lstsq(design, values.unsqueeze(1)).solution.squeeze(1)
+            adjusted = relation(f"{feature} | length", residual.tolist(), correct).to_dict()
+            for label, r in ((feature, row), (f"{feature}, length removed", adjusted)):
+                lines.append(
+                    f"| {name} | {r['n']} | {accuracy:.3f} | {label} | {r['r']:+.3f} | "
+                    f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_value']:.3f} | "
+                    f"{r['mean_correct']:.4f} | {r['mean_wrong']:.4f} | {with_length:+.3f} |"
+                )
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "hypothesis.md", "\n".join(lines) + "\n")
     by_correctness(
