@@ -259,3 +259,24 @@ def test_dynamics_refuses_sequences_too_short(capsys, tiny_folders, tmp_path):
     assert code == 2
     assert_clean_error(err, "at least 1 sequence of 8 tokens")
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["eval", "MODEL", "--tasks", "arc_easy", "--limit", "0"], "--limit 0 must be at least 1"),
+        (["eval", "MODEL", "--tasks", "arc_easy", "--batch-size", "0"], "--batch-size 0 must be at least 1"),
+        (["eval", "MODEL", "--tasks", "arc"], "unknown task 'arc'"),
+        (["bench", "MODEL", "--reference", "MODEL", "--threads", "0"], "--threads 0 must be at least 1"),
+        (["bench", "MODEL", "--reference", "MODEL", "--shapes", "4by512"], "bad prefill shape '4by512'"),
+        (["bench", "MODEL", "--reference", "MODEL", "--decode", "1x8"], "bad decode shape '1x8'"),
+        (["dynamics", "MODEL", "--task", "gsm8k", "--out", "OUT"], "not a multiple-choice task"),
+        (["dynamics", "MODEL", "--probes", "0", "--out", "OUT"], "--probes 0"),
+    ],
+)
+def test_bad_task_bench_and_dynamics_flags(capsys, tmp_path, tiny_folders, task_data_dir, args, fragment):
+    model = str(tiny_folders["llama"])
+    args = [model if a == "MODEL" else str(tmp_path / "out") if a == "OUT" else a for a in args]
+    code, _, err = ngc(capsys, *args, *(["--data-dir", str(task_data_dir)] if args[0] == "eval" else []))
+    assert code == 2
+    assert_clean_error(err, fragment)

@@ -90,7 +90,7 @@ def eval_command(
     from ngc.atomic import write_json_atomic, write_text_atomic
     from ngc.checkpoint.load import load_any as load
     from ngc.eval.perplexity import check_eval_args, perplexity
-    from ngc.eval.tasks import TASKS, evaluate_tasks, parse_tasks, task_files
+    from ngc.eval.tasks import TASKS, check_limit, evaluate_tasks, parse_tasks, task_files
     from ngc.models.load import parse_dtype
     from ngc.reports.results import eval_payload, examples_jsonl
     from ngc.reports.tables import perplexity_table, stdout_console, tasks_table
@@ -110,8 +110,7 @@ def eval_command(
         task_files(TASKS[name], root)
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} must be at least 1", hint="e.g. --batch-size 8")
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit {limit} must be at least 1", hint="leave it out to score every item")
+    check_limit(limit)
 
     from transformers.utils import logging as hf_logging
 

@@ -123,6 +123,11 @@ def parse_tasks(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit} must be at least 1", hint="leave it out to score every item")
+
+
 def check_choice_task(name: str) -> None:
     """A multiple-choice task (per-item correctness from log-likelihoods), else a clear error."""
     choice = [task for task, source in TASKS.items() if source.metric == "acc"]
@@ -222,8 +227,7 @@ def evaluate_tasks(
     seed: int = 0,
 ) -> list[TaskResult]:
     """Score ``model`` on the named tasks with lm-evaluation-harness; ``limit`` = first N items of each task."""
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit {limit} must be at least 1", hint="leave it out to score every item")
+    check_limit(limit)
     sources = [TASKS[name] for name in names]
     configs = [task_config(source, root) for source in sources]  # every file checked before any model work
 
