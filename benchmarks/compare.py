@@ -46,14 +46,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-len", type=int, default=2048)
     parser.add_argument("--eval-windows", type=int, default=16, help="first K windows of the test set (0 = all)")
+    parser.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda (recorded, not a setting)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
 
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device)
     bos = loaded.bos_token_id
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "cell", "ratios")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "cell", "ratios", "device")}
     cells = [parse_cell(text) for text in (args.cell or DEFAULT_CELLS)]
     if results.get("settings", settings) != settings:
         raise SystemExit(f"{args.out} was made with other settings {results['settings']}; delete it or match them")
@@ -102,6 +103,7 @@ def main() -> None:
                 "fit_seconds": result.fit_seconds,
                 "accounting": result.accounting.to_dict() | {"groups": len(result.accounting.groups)},
                 "warnings": result.warnings,
+                "device": str(loaded.model.device),
             }
             results["cells"][key] = cell
             write_json_atomic(args.out, results)
