@@ -2,7 +2,8 @@
 # What each NGC ingredient buys at R = 0.3 on SmolLM2-135M (issue: ablation), with the calibration and evaluation
 # of benchmarks/results/baselines_smollm2.json (64 x 512 calibration tokens of WikiText-2 validation, seed 0;
 # first 16 windows of 2048 tokens of WikiText-2 test). The exact objective matters only where members read
-# different inputs, so its row is on intra-cross-2. Resumable: finished cells are skipped.
+# different inputs, so its row is on intra-cross-2. The second command adds refinement to the default (local output
+# MSE, then whole-model distillation with the budget of the refined main-table rows). Resumable: finished cells are skipped.
 # Usage: NGC_DATA_DIR=/path/to/data benchmarks/ngc_ablation.sh [extra compare.py arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +21,9 @@ $PYTHON benchmarks/compare.py --ratios 0.3 --out benchmarks/results/ablation_smo
   --cell "intra+sequential-shrink-0.03=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.03" \
   --cell "intra+sequential-shrink-0.3=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.3" \
   --cell "intra-cross-2+exact=method=ngc,topology=intra-cross-2,alloc=uniform,sequential=false,exact=true" \
+  "$@"
+# Refinement on top of the default, in its own file so it can run beside the rows above.
+$PYTHON benchmarks/compare.py --ratios 0.3 --out benchmarks/results/ablation_refined_smollm2.json \
+  --cell "intra+sequential-shrink-0.1+local-50=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.1,refine=local,refine_steps=50" \
+  --cell "intra+sequential-shrink-0.1+distill-100=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.1,refine=distill,refine_steps=100" \
   "$@"
