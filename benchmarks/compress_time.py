@@ -72,7 +72,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         rows = [run(method, args, Path(scratch)) for method in args.methods.split(",")]
     settings = {k: v for k, v in vars(args).items() if k != "out"}
-    write_json_atomic(args.out, {"settings": settings, "threads": os.cpu_count(), "runs": rows})
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)  # what the child processes use
+    write_json_atomic(args.out, {"settings": settings, "threads": threads, "runs": rows})
     for row in rows:
         print(
             f"{row['method']}: calibration {row['calibration_seconds']:.1f} s, fit {row['fit_seconds']:.1f} s, "
