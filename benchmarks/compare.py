@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-len", type=int, default=2048)
     parser.add_argument("--eval-windows", type=int, default=16, help="first K windows of the test set (0 = all)")
-    parser.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda (recorded, not a setting)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (recorded, not a setting)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
