@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
-model=$1 label=$2 out=$3 batch=${4:-64}
+usage="usage: benchmarks/gpu_dense_tasks.sh MODEL LABEL OUT_DIR [BATCH]"
+model=${1:?$usage} label=${2:?$usage} out=${3:?$usage} batch=${4:-64}
 mkdir -p "$out"
 $PYTHON -m ngc eval "$model" --tasks zero-shot --device cuda --batch-size "$batch" \
   --json "$out/tasks_${label}_full_cuda.json"

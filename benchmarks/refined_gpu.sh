@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
-model=$1 out=$2 steps=${3:-1000} ratios=${4:-0.2,0.3,0.4,0.5}
+usage="usage: benchmarks/refined_gpu.sh MODEL OUT.json [STEPS] [RATIOS]"
+model=${1:?$usage} out=${2:?$usage} steps=${3:-1000} ratios=${4:-0.2,0.3,0.4,0.5}
 for ratio in ${ratios//,/ }; do
   $PYTHON benchmarks/compare.py --model "$model" --device cuda --ratios "$ratio" --out "$out" \
     --cell "ngc+distill-$steps=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.1,refine=distill,refine_steps=$steps" \
