@@ -16,23 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ngc.checkpoint.manifest import CheckpointError
-
-ALIASES_KEY = "ngc.aliases"
-
-
-def canonical_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """``({first name: tensor}, {other name: first name})`` over the model's state dict."""
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    owner: dict[tuple[int, tuple[int, ...], torch.dtype], str] = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
-        if tensor.numel() and key in owner:
-            aliases[name] = owner[key]
-            continue
-        owner[key] = name
-        tensors[name] = tensor.detach()
-    return tensors, aliases
+from ngc.checkpoint.shards import ALIASES_KEY, canonical_tensors
 
 
 def save_weights(model: nn.Module, path: Path, dtype: torch.dtype | None = None) -> int:
