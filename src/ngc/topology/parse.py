@@ -2,7 +2,8 @@
 
 Rules: ``SELECTOR=FAMILY`` separated by ``;``. A selector is roles (``q,k,v``, ``gate,up``, ``all``) and
 optionally ``@layers`` (``0-9``, ``3``, ``0-3,8``). The first rule that matches a block decides; blocks no rule
-matches stay per-matrix. Example: ``q,k,v@0-15=intra-cross-2; gate,up=intra; o,down=per-matrix``.
+matches stay per-matrix; a rule that matches no block, or names a layer the model lacks, is an error.
+Example: ``q,k,v@0-15=intra-cross-2; gate,up=intra; o,down=per-matrix``.
 
 YAML (a path ending in .yaml/.yml)::
 
@@ -27,17 +28,23 @@ from ngc.topology.groups import Group, family_groups
 _LAYERS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 
 
-def _layers(text: str, rule: str) -> set[int]:
+Layers = tuple[tuple[int, int], ...]  # inclusive (first, last) ranges
+
+
+def _layers(text: str, rule: str) -> Layers:
     if not _LAYERS.match(text):
         raise UsageError(f"bad layer list {text!r} in rule {rule!r}", hint="write layers like 0-9 or 3 or 0-3,8")
-    chosen: set[int] = set()
+    ranges = []
     for part in text.split(","):
         low, _, high = part.partition("-")
-        chosen.update(range(int(low), int(high or low) + 1))
-    return chosen
+        first, last = int(low), int(high or low)
+        if first > last:
+            raise UsageError(f"layer range {part!r} in rule {rule!r} runs backwards", hint=f"write {last}-{first}")
+        ranges.append((first, last))
+    return tuple(ranges)
 
 
-def _rule(rule: str) -> tuple[set[str], set[int] | None, str]:
+def _rule(rule: str) -> tuple[set[str], Layers | None, str]:
     selector, eq, family = rule.partition("=")
     if not eq or not family.strip():
         raise UsageError(f"rule {rule!r} has no '=FAMILY'", hint="write rules like q,k,v=intra; o,down=per-matrix")
@@ -50,18 +57,58 @@ def _rule(rule: str) -> tuple[set[str], set[int] | None, str]:
     return roles, (_layers(layers_text.strip(), rule) if layers_text.strip() else None), family.strip()
 
 
-def apply_rules(rules: str, members: Sequence[Member]) -> tuple[list[Group], list[Member]]:
-    """Groups from ``rules``, and the members no rule matched."""
+def _check_layers(rule: str, layers: Layers | None, n_layers: int) -> None:
+    """Refuse layers the model does not have (a range is checked by its ends, never expanded)."""
+    beyond = [last for _first, last in layers or () if last >= n_layers]
+    if beyond:
+        raise UsageError(
+            f"rule {rule.strip()!r} names layer {max(beyond)}, but the model has {n_layers} layers",
+            hint=f"layers are numbered 0-{n_layers - 1}",
+        )
+
+
+def _matches(member: Member, roles: set[str], layers: Layers | None) -> bool:
+    in_layers = layers is None or any(first <= member.layer <= last for first, last in layers)
+    return member.role in roles and in_layers
+
+
+def _refuse_idle_rule(rule: str, roles: set[str], layers: Layers | None, members: Sequence[Member]) -> None:
+    """A rule that takes no block is a mistake the user should hear about, never a silent no-op."""
+    if any(_matches(m, roles, layers) for m in members):
+        reason = "every block it selects is taken by an earlier rule"
+        hint = "reorder the rules (the first matching rule decides) or remove this one"
+    else:
+        present = sorted({m.role for m in members}, key=ROLES.index)
+        reason = "it selects no block"
+        hint = f"the blocks being compressed have roles {', '.join(present)} (see --roles)"
+    raise UsageError(f"topology rule {rule.strip()!r} matches nothing: {reason}", hint=hint)
+
+
+def apply_rules(
+    rules: str, members: Sequence[Member], n_layers: int | None = None
+) -> tuple[list[Group], list[Member]]:
+    """Groups from ``rules``, and the members no rule matched. A rule that matches nothing is an error.
+
+    ``n_layers`` is the model's layer count (default: one past the highest layer among ``members``).
+    """
+    texts = [r for r in rules.split(";") if r.strip()]
+    parsed = [_rule(r) for r in texts]
+    if n_layers is None:
+        n_layers = max((m.layer for m in members), default=-1) + 1
+    for text, (_roles, layers, _family) in zip(texts, parsed, strict=True):
+        _check_layers(text, layers, n_layers)
     assigned: dict[int, list[Member]] = {}
-    parsed = [_rule(r) for r in rules.split(";") if r.strip()]
     rest: list[Member] = []
     for member in members:
         for index, (roles, layers, _family) in enumerate(parsed):
-            if member.role in roles and (layers is None or member.layer in layers):
+            if _matches(member, roles, layers):
                 assigned.setdefault(index, []).append(member)
                 break
         else:
             rest.append(member)
+    for index, (text, (roles, layers, _family)) in enumerate(zip(texts, parsed, strict=True)):
+        if index not in assigned:
+            _refuse_idle_rule(text, roles, layers, members)
     groups = [g for index, chosen in sorted(assigned.items()) for g in family_groups(parsed[index][2], chosen)]
     return groups, rest
 
@@ -119,7 +166,7 @@ def _from_yaml(path: Path, members: Sequence[Member]) -> tuple[Group, ...]:
     taken = {m for g in groups for m in g.members}
     rest = [m for m in members if m not in taken]
     if spec.get("rules"):
-        ruled, rest = apply_rules(str(spec["rules"]), rest)
+        ruled, rest = apply_rules(str(spec["rules"]), rest, max((m.layer for m in members), default=-1) + 1)
         groups += ruled
     groups += family_groups(str(spec.get("default", "per-matrix")), rest)
     return tuple(groups)

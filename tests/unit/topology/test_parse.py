@@ -68,3 +68,25 @@ def test_bad_yaml_is_refused(tmp_path, members):
         build_topology(str(path), members)
     with pytest.raises(UsageError, match="does not exist"):
         build_topology(str(tmp_path / "none.yaml"), members)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("q@0-999999999999=intra", "names layer 999999999999, but the model has 2 layers"),
+        ("q@2=intra", "names layer 2, but the model has 2 layers"),
+        ("q@1-0=intra", "runs backwards"),
+    ],
+)
+def test_layers_are_checked_against_the_model_without_expanding_ranges(members, text, message):
+    with pytest.raises(UsageError, match=message):
+        build_topology(text, members)
+
+
+def test_a_rule_that_matches_nothing_is_named(members):
+    with pytest.raises(UsageError, match="rule 'gate@0=intra' matches nothing: every block it selects is taken"):
+        build_topology("gate,up=intra; gate@0=intra", members)
+    attention = [m for m in members if m.role in ("q", "k", "v", "o")]
+    with pytest.raises(UsageError, match="rule 'down=cross-2' matches nothing: it selects no block") as info:
+        build_topology("q,k,v=intra; down=cross-2", attention)
+    assert "q, k, v, o" in info.value.hint
