@@ -48,3 +48,7 @@ class DataNotFoundError(NgcError, FileNotFoundError):
 
 class DataFormatError(NgcError, ValueError):
     """A text that cannot be used: empty, not UTF-8, or too short for one window."""
+
+
+class OutputError(NgcError, OSError):
+    """An output path that cannot be written: no permission, or another ngc run is writing it."""

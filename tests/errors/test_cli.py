@@ -280,3 +280,59 @@ def test_bad_task_bench_and_dynamics_flags(capsys, tmp_path, tiny_folders, task_
     code, _, err = ngc(capsys, *args, *(["--data-dir", str(task_data_dir)] if args[0] == "eval" else []))
     assert code == 2
     assert_clean_error(err, fragment)
+
+
+def test_force_refuses_the_current_directory_inputs_and_foreign_folders(capsys, tiny_folders, tmp_path, monkeypatch):
+    import shutil
+
+    work = tmp_path / "work"
+    model = work / "model"
+    shutil.copytree(tiny_folders["llama"], model)
+    before = sorted(p.name for p in model.iterdir())
+    monkeypatch.chdir(work)
+    for out, fragment in ((".", "current directory"), ("..", "current directory"), ("model", "input")):
+        code, _, err = ngc(capsys, "compress", "model", "--method", "svd", "--out", out, "--force")
+        assert code == 2
+        assert_clean_error(err, fragment)
+    (work / "notes").mkdir()
+    (work / "notes" / "todo.txt").write_text("mine")
+    code, _, err = ngc(capsys, "compress", "model", "--method", "svd", "--out", "notes", "--force")
+    assert code == 2
+    assert_clean_error(err, "has no ngc.json", "--force replaces only")
+    assert sorted(p.name for p in model.iterdir()) == before
+    assert (work / "notes" / "todo.txt").read_text() == "mine"
+    assert sorted(p.name for p in work.iterdir()) == ["model", "notes"]  # no lock or temporary left behind
+
+
+def test_force_replaces_a_checkpoint_and_export_never_its_input(capsys, tiny_folders, tmp_path):
+    out = tmp_path / "ckpt"
+    args = ("compress", str(tiny_folders["llama"]), "--method", "svd", "--out", str(out))
+    assert ngc(capsys, *args)[0] == 0
+    first = json.loads((out / "ngc.json").read_text())
+    assert ngc(capsys, *args, "--ratio", "0.5", "--force")[0] == 0
+    assert json.loads((out / "ngc.json").read_text())["config"]["ratio"] == 0.5 != first["config"]["ratio"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    code, _, err = ngc(capsys, "export", str(out), "--dense", str(out), "--force")
+    assert code == 2
+    assert_clean_error(err, "--dense", "input")
+    dense = tmp_path / "dense"
+    assert ngc(capsys, "export", str(out), "--dense", str(dense))[0] == 0
+    assert ngc(capsys, "export", str(out), "--dense", str(dense), "--force")[0] == 0  # its own export: replaced
+    code, _, err = ngc(capsys, "export", str(out), "--dense", str(tiny_folders["gpt2"]), "--force")
+    assert code == 2
+    assert_clean_error(err, "has no ngc_export.json")
+    assert (out / "ngc.json").is_file() and (tiny_folders["gpt2"] / "config.json").is_file()
+
+
+def test_unwritable_out_and_json_are_refused_before_the_model_loads(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, _, err = ngc(capsys, "compress", "no-such-model", "--out", str(blocker / "ckpt"))
+    assert code == 1
+    assert_clean_error(err, "a-file/ckpt cannot be written")
+    code, _, err = ngc(
+        capsys, "compress", "no-such-model", "--out", str(tmp_path / "ok"), "--json", str(blocker / "r.json")
+    )
+    assert code == 1
+    assert_clean_error(err, "--json", "a-file/r.json cannot be written")
+    assert not (tmp_path / "ok").exists()

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ngc.atomic import atomic_folder, write_json_atomic
+from ngc.atomic import atomic_folder, check_output_folder, write_json_atomic
 from ngc.checkpoint.manifest import FORMAT_VERSION, MANIFEST, WEIGHTS, group_records, library_versions
 from ngc.checkpoint.tensors import save_weights
-from ngc.errors import UsageError
 
 if TYPE_CHECKING:
     from ngc.api import CompressionResult
 
 
-def check_target(out: Path, force: bool) -> None:
-    """Refuse to overwrite an existing folder unless ``force``; refuse a file."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file", hint="give a folder name for the checkpoint")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UsageError(f"--out {out} already exists", hint="choose another folder, or pass --force to replace it")
+def check_target(out: Path, force: bool, *, inputs: Sequence[Path] = (), flag: str = "--out") -> None:
+    """Refuse a checkpoint target that cannot or must not be replaced; check that it can be written.
+
+    ``out`` may be new or empty, or with ``force`` an ngc checkpoint (a folder holding ``ngc.json``); never a
+    file, the current directory or an ancestor of it, nor one of ``inputs`` (or a folder holding one).
+    """
+    check_output_folder(out, force, marker=MANIFEST, inputs=inputs, flag=flag)
 
 
 def save_checkpoint(
@@ -45,7 +46,7 @@ def save_checkpoint(
     out = Path(out)
     check_target(out, force)
     stored_dtype = dtype or next(model.parameters()).dtype
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, replace=force) as tmp:
         config = model.config
         saved_dtype = getattr(config, "dtype", None)
         config.dtype = stored_dtype

@@ -10,11 +10,12 @@ from rich.console import Console
 
 from ngc.arch import ROLES
 from ngc.cli.eval_cmd import _check_json_target
-from ngc.cli.options import CacheDir, DataDir, Device
+from ngc.cli.options import CacheDir, DataDir, Device, claim_output, input_paths, releases_claims
 from ngc.fit.methods import METHODS
 from ngc.topology.groups import topology_names
 
 
+@releases_claims
 def compress_command(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Packaged alias, model folder, .gguf file or hub id.")],
     method: Annotated[str, typer.Option(metavar="METHOD", help=f"One of: {', '.join(METHODS)}.")] = "svd-llm",
@@ -151,7 +152,8 @@ def compress_command(
     if out is None and not dry_run:
         raise UsageError("no --out folder given", hint="add --out DIR (or --dry-run to only see the plan)")
     if out is not None:
-        check_target(out, force)
+        claim_output(out)
+        check_target(out, force, inputs=input_paths(model))
     if Path(model).expanduser().is_dir() and is_checkpoint(Path(model).expanduser()):
         raise UsageError(f"{model} is already a compressed checkpoint", hint="compress the original dense model")
     needs_data = get_method(method).needs_moments or get_method(method).needs_fisher

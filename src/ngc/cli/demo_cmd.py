@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from ngc.cli.options import CacheDir, DataDir
+from ngc.cli.options import CacheDir, DataDir, claim_output, input_paths, releases_claims
 
 DEMO_METHOD = "ngc"
 DEMO_TOPOLOGY = "intra"
 DEMO_RATIO = 0.3
 
 
+@releases_claims
 def demo_command(
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for the checkpoint, JSON and plot.")] = Path(
         "ngc-demo"
@@ -44,10 +45,10 @@ def demo_command(
     from rich.console import Console
 
     from ngc.api import compress
-    from ngc.atomic import write_json_atomic
+    from ngc.atomic import check_output_folder, write_json_atomic
     from ngc.checkpoint.load import load_checkpoint
     from ngc.checkpoint.manifest import base_identity
-    from ngc.checkpoint.save import check_target, save_checkpoint
+    from ngc.checkpoint.save import save_checkpoint
     from ngc.config import CalibConfig, CompressionConfig
     from ngc.data.corpora import load_corpus
     from ngc.data.windows import CalibrationWindows, calibration_text, sample_windows, tokenize_text
@@ -59,7 +60,8 @@ def demo_command(
     config = CompressionConfig(method=DEMO_METHOD, topology=DEMO_TOPOLOGY, ratio=ratio)
     calib_config = CalibConfig("wikitext2", calib_samples, calib_len, 0)
     check_eval_args(2048, max_windows)
-    check_target(out, force)
+    claim_output(out)
+    check_output_folder(out, force, marker="checkpoint/ngc.json", inputs=input_paths(model))
     test = load_corpus("wikitext2", "test", data_dir)
     calib_text = calibration_text(calib_config.source, data_dir)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ngc.cli.options import CacheDir, DataDir
+from ngc.cli.options import CacheDir, DataDir, input_paths
 
 
 def dynamics_command(
@@ -56,9 +56,8 @@ def dynamics_command(
     from rich.console import Console
 
     from ngc import settings
-    from ngc.atomic import atomic_folder, write_json_atomic
+    from ngc.atomic import atomic_folder, check_output_folder, write_json_atomic
     from ngc.checkpoint.load import load_any
-    from ngc.checkpoint.save import check_target
     from ngc.data.corpora import CORPORA, load_corpus, load_text_file
     from ngc.data.windows import sample_windows, tokenize_text
     from ngc.dynamics.hypothesis import prompt_sequences, relation
@@ -75,7 +74,8 @@ def dynamics_command(
         raise UsageError(
             f"--probes {probes} / --lanczos {lanczos}", hint="at least 1 probe; 0 Lanczos steps skips sym_top"
         )
-    check_target(out, force)
+    inputs = input_paths(model, *([reference] if reference else []))
+    check_output_folder(out, force, marker="dynamics.json", inputs=inputs)
     text = None
     if task is None:
         text = load_corpus(data, "validation", data_dir) if data in CORPORA else load_text_file(data)

@@ -14,13 +14,10 @@ from ngc.data.corpora import CORPORA, Text, load_corpus, load_text_file
 from ngc.errors import UsageError
 
 
-def _check_json_target(path: Path | None) -> None:
-    if path is None:
-        return
-    if path.is_dir():
-        raise UsageError(f"--json {path} is a folder", hint="give a file name, e.g. --json results/eval.json")
-    if not path.parent.exists():
-        raise UsageError(f"--json {path}: its folder {path.parent} does not exist", hint=f"mkdir -p {path.parent}")
+def _check_json_target(path: Path | None, flag: str = "--json") -> None:
+    from ngc.atomic import check_output_file
+
+    check_output_file(path, flag)
 
 
 def eval_command(
@@ -99,7 +96,7 @@ def eval_command(
     check_eval_args(ppl_len, max_windows)
     parse_dtype(dtype)
     _check_json_target(json_out)
-    _check_json_target(samples)
+    _check_json_target(samples, "--samples")
     files = ppl_file or []
     names = ppl or ([] if files or tasks else ["wikitext2"])
     texts: list[Text] = [load_corpus(name, ppl_split, data_dir) for name in names]

@@ -7,9 +7,14 @@ from typing import Annotated
 
 import typer
 
-from ngc.cli.options import JsonOut
+from ngc.cli.eval_cmd import _check_json_target
+from ngc.cli.options import JsonOut, claim_output, releases_claims
+
+#: written into every dense export: marks a folder that `ngc export --force` may replace
+EXPORT_RECORD = "ngc_export.json"
 
 
+@releases_claims
 def export_command(
     folder: Annotated[Path, typer.Argument(metavar="DIR", help="A checkpoint folder written by `ngc compress`.")],
     dense: Annotated[Path, typer.Option("--dense", metavar="OUT", help="Folder for the dense transformers model.")],
@@ -29,18 +34,20 @@ def export_command(
     """
     from rich.console import Console
 
-    from ngc.atomic import atomic_folder
+    from ngc.atomic import atomic_folder, check_output_folder, write_json_atomic
     from ngc.checkpoint.load import load_checkpoint
-    from ngc.checkpoint.save import check_target
     from ngc.modules.swap import densify
 
-    check_target(dense, force)
+    claim_output(dense)
+    check_output_folder(dense, force, marker=EXPORT_RECORD, inputs=[folder], flag="--dense")
+    _check_json_target(json_out)
     console = Console(stderr=True)
     loaded = load_checkpoint(folder)
     replaced = densify(loaded.model)
-    with atomic_folder(dense) as tmp:
+    with atomic_folder(dense, replace=force) as tmp:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / EXPORT_RECORD, {"checkpoint": str(folder), "modules_rebuilt": replaced})
     size = sum(p.stat().st_size for p in dense.iterdir())
     compressed = sum(p.stat().st_size for p in folder.iterdir())
     console.print(
@@ -48,7 +55,5 @@ def export_command(
         f"(the compressed checkpoint takes {compressed / 2**20:.1f} MiB)"
     )
     if json_out is not None:
-        from ngc.atomic import write_json_atomic
-
         record = {"checkpoint": str(folder), "dense": str(dense), "modules_rebuilt": replaced}
         write_json_atomic(json_out, record | {"dense_bytes": size, "checkpoint_bytes": compressed})
