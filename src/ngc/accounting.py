@@ -70,7 +70,7 @@ def _unique_parameters(model: nn.Module) -> list:
     seen: set[int] = set()
     unique = []
     for parameter in model.parameters():  # parameters() already skips repeated objects
-        key = parameter.data_ptr()
+        key = parameter.data_ptr() if parameter.device.type != "meta" else id(parameter)  # meta: no storage
         if key not in seen or parameter.numel() == 0:
             seen.add(key)
             unique.append(parameter)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,23 +13,23 @@ import torch
 from torch import nn
 
 from ngc.accounting import Accounting, account
-from ngc.arch import block_at, role_weights
-from ngc.calib.collect import CalibrationStats, stream_layer_moments, stream_sequential_moments
+from ngc.calib.collect import CalibrationStats
 from ngc.calib.fisher import fisher_information
 from ngc.calib.moments import InputMoments
 from ngc.config import CompressionConfig
 from ngc.data.windows import CalibrationWindows
 from ngc.errors import UsageError
 from ngc.fit.allocate import greedy_ranks, round_ranks, uniform_rank
-from ngc.fit.alternating import alternate, exact_loss
-from ngc.fit.closed_form import GroupFit, fit_group, spectrum
+from ngc.fit.alternating import exact_loss
+from ngc.fit.closed_form import fit_group, spectrum
 from ngc.fit.methods import Method, get_method, group_transform
-from ngc.fit.sequential import sequential_target
 from ngc.fit.whiten import NumericalError
-from ngc.modules.swap import factorize
+from ngc.pipeline.distributed import World
+from ngc.pipeline.fitting import GroupFitter, member_weight
+from ngc.pipeline.run import PipelineOptions, collect_moments, run_pipeline
+from ngc.pipeline.source import FolderSource, ModelSource, Sink
 from ngc.progress import progress
 from ngc.refine.distill import distill
-from ngc.refine.local import refine_local
 from ngc.topology.auto import choose
 from ngc.topology.blocks import Member, find_members, parse_roles
 from ngc.topology.groups import Group, build_topology
@@ -65,6 +65,7 @@ class CompressionResult:
     local: dict[str, tuple[float, float]] = field(default_factory=dict)  # group -> normalised MSE before, after
     decisions: dict[str, str] = field(default_factory=dict)  # auto topology: unit -> chosen family
     distill: dict[str, Any] | None = None
+    base_model: dict[str, Any] | None = None  # what the dense model was: name, weights_sha256, config signature
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +80,7 @@ class CompressionResult:
             "local": {k: list(v) for k, v in self.local.items()},
             "distill": self.distill,
             "decisions": self.decisions,
+            "base_model": self.base_model,
         }
 
 
@@ -115,7 +117,7 @@ def plan(model: nn.Module, config: CompressionConfig) -> tuple[Method, list[Memb
 def _check_weights(model: nn.Module, members: Sequence[Member]) -> None:
     for name in dict.fromkeys(m.module for m in members):
         weight = model.get_submodule(name).weight
-        if not torch.isfinite(weight).all():
+        if weight.device.type != "meta" and not torch.isfinite(weight).all():
             raise NumericalError(f"the weight of {name} contains NaN or Inf", hint="check the model checkpoint")
 
 
@@ -125,8 +127,9 @@ def _windows(calibration: Calibration) -> torch.Tensor | None:
     return calibration if isinstance(calibration, torch.Tensor) else None
 
 
-def calibration_info(calibration: Calibration) -> dict[str, Any]:
-    """Provenance of the calibration (SPEC §7: N and L in every result)."""
+def calibration_info(calibration: Calibration, world: World | None = None) -> dict[str, Any]:
+    """Provenance of the calibration (SPEC §7: N and L in every result; the number of processes)."""
+    size = {"world_size": world.size} if world is not None else {}
     if isinstance(calibration, (CalibrationWindows, CalibrationStats)):
         return {
             "source": calibration.source,
@@ -134,10 +137,14 @@ def calibration_info(calibration: Calibration) -> dict[str, Any]:
             "n_windows": calibration.n_windows,
             "window_len": calibration.window_len,
             "seed": calibration.seed,
-        }
+        } | size
     if isinstance(calibration, torch.Tensor):
-        return {"source": "tokens", "n_windows": int(calibration.shape[0]), "window_len": int(calibration.shape[1])}
-    return {"source": None}
+        return {
+            "source": "tokens",
+            "n_windows": int(calibration.shape[0]),
+            "window_len": int(calibration.shape[1]),
+        } | size
+    return {"source": None} | size
 
 
 def collect_statistics(
@@ -145,6 +152,7 @@ def collect_statistics(
     calibration: CalibrationWindows | torch.Tensor,
     roles: Sequence[str] | None = None,
     fisher: bool = False,
+    options: PipelineOptions | None = None,
 ) -> CalibrationStats:
     """Keep every compressed input's moments (and optionally Fisher), to fit many configurations from one pass."""
     members = find_members(model, parse_roles(roles))
@@ -160,32 +168,121 @@ def collect_statistics(
         seed=int(info.get("seed", 0)),
         tokens=tokens,
     )
-    for _layer, moments in stream_layer_moments(model, tokens, members):
-        stats.moments.update(moments)
+    options = options or PipelineOptions(device=str(_model_device(model)))
+    stats.moments = collect_moments(ModelSource(model, options.device), members, tokens, options, World())
     if fisher:
         stats.fisher = fisher_information(model, tokens, members)
     return stats
 
 
-def compress(model: nn.Module, config: CompressionConfig, calibration: Calibration = None) -> CompressionResult:
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def compress(
+    model: nn.Module,
+    config: CompressionConfig,
+    calibration: Calibration = None,
+    options: PipelineOptions | None = None,
+) -> CompressionResult:
     """Compress ``model`` in place per ``config``; returns accounting, per-group ranks and losses, timings.
 
-    ``calibration`` is token windows (streamed layer by layer: memory stays at one layer's statistics), or
-    :class:`CalibrationStats` collected earlier, or ``None`` for plain ``svd``.
+    ``calibration`` is token windows (run through the layer-sequential pipeline: memory stays at one layer's
+    statistics), or :class:`CalibrationStats` collected earlier, or ``None`` for plain ``svd``. ``options``
+    choose the compute device (default: the model's), the calibration batch and the statistics' precision.
+    The result is also attached to the model as ``model.ngc_compression`` (what ``ngc.save`` writes).
     """
+    options = options or PipelineOptions(device=str(_model_device(model)))
+    return compress_source(ModelSource(model, options.device), config, calibration, options)
+
+
+def compress_source(
+    source: ModelSource | FolderSource,
+    config: CompressionConfig,
+    calibration: Calibration,
+    options: PipelineOptions,
+    world: World | None = None,
+    sink: Sink | None = None,
+) -> CompressionResult:
+    """:func:`compress` on any layer source (a model in memory, or a folder streamed layer by layer)."""
+    world = world or World()
+    model = source.model
     method, members, groups, ranks = plan(model, config)
     _check_weights(model, members)
+    windows, stats = _check_calibration(method, config, calibration)
+    whole = isinstance(source, ModelSource)
+    if not whole and (
+        method.needs_fisher
+        or config.refine == "distill"
+        or config.alloc != "uniform"
+        or config.topology == AUTO
+        or stats is not None
+    ):
+        raise UsageError(
+            "this configuration needs the whole model in memory (Fisher, distillation, auto allocation or "
+            "topology, or precollected statistics)",
+            hint="load the model with ngc.load_model and call ngc.compress, or drop those options",
+        )
+    result = CompressionResult(config, account(model), [], calibration_info(calibration, world), groups, ranks)
+    result.base_model = {"weights_sha256": source.base_sha256()} if world.is_main else None
+    fisher = _fisher(model, method, windows, stats, members, result)
+    teacher = copy.deepcopy(model) if config.refine == "distill" else None
+    groups, ranks, stats = _auto_structure(
+        model, method, members, groups, ranks, stats, fisher, config, result, calibration
+    )
+    fitter = GroupFitter(model, method, groups, ranks, config, fisher, world)
+    uses_data = method.needs_moments or config.refine == "local"
+    start = time.perf_counter()
+    run_pipeline(
+        source,
+        members,
+        fitter,
+        windows if uses_data else None,
+        stats.moments if stats is not None and uses_data and not (config.sequential and windows is not None) else None,
+        options,
+        world,
+        sink,
+    )
+    total = time.perf_counter() - start
+    if fitter.pending:
+        raise RuntimeError(f"groups left unfitted: {[g.id for g in fitter.pending]}")
+    result.fit_seconds += fitter.seconds
+    result.calibration_seconds += total - fitter.seconds
+    result.exact, result.local = fitter.exact, fitter.local
+    if teacher is not None:
+        assert windows is not None
+        seed = calibration.seed if isinstance(calibration, (CalibrationWindows, CalibrationStats)) else 0
+        result.distill = distill(model, teacher, windows, config.steps, config.refine_lr, seed).to_dict()
+        del teacher
+    _report(model, result, groups, ranks, fitter)
+    model.ngc_compression = result
+    return result
+
+
+def _check_calibration(
+    method: Method, config: CompressionConfig, calibration: Calibration
+) -> tuple[torch.Tensor | None, CalibrationStats | None]:
+    """The windows and precollected statistics, after checking that what the configuration needs is there."""
     windows = _windows(calibration)
     stats = calibration if isinstance(calibration, CalibrationStats) else None
     if (method.needs_moments or method.needs_fisher) and windows is None and stats is None:
         raise UsageError(f"method {method.name} needs calibration data", hint="pass calibration windows")
-    for needed, what in ((config.sequential, "the sequential update"), (config.refine == "distill", "distillation")):
+    needs_windows = (
+        (config.sequential, "the sequential update"),
+        (config.refine == "distill", "distillation"),
+        (config.refine == "local" and stats is None, "local refinement"),
+    )
+    for needed, what in needs_windows:
         if needed and windows is None:
             raise UsageError(
                 f"{what} needs calibration windows",
-                hint="pass CalibrationWindows or statistics collected by collect_statistics (they keep the windows)",
+                hint="pass CalibrationWindows or statistics collected by collect_statistics (they keep the windows); "
+                "on the command line, the calibration options (--calib, --calib-samples) apply",
             )
-    result = CompressionResult(config, account(model), [], calibration_info(calibration), groups, ranks)
+    return windows, stats
+
+
+def _fisher(model, method, windows, stats, members, result) -> dict[str, torch.Tensor] | None:
     fisher = stats.fisher if stats is not None else None
     if method.needs_fisher and fisher is None:
         if windows is None:
@@ -193,12 +290,15 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
         start = time.perf_counter()
         fisher = fisher_information(model, windows, members)
         result.calibration_seconds += time.perf_counter() - start
+    return fisher
 
-    teacher = copy.deepcopy(model) if config.refine == "distill" else None
+
+def _auto_structure(model, method, members, groups, ranks, stats, fisher, config, result, calibration):
+    """``auto`` topology and non-uniform ranks: both need every group's statistics before any fit."""
     auto_topology = config.topology == AUTO
     if (config.alloc != "uniform" or auto_topology) and stats is None and method.needs_moments:
         start = time.perf_counter()
-        stats = collect_statistics(model, calibration, config.roles)  # auto needs every group's loss first
+        stats = collect_statistics(model, calibration, config.roles)
         result.calibration_seconds += time.perf_counter() - start
     if auto_topology:
         assert stats is not None
@@ -214,82 +314,19 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
         )
         result.ranks = ranks
         result.fit_seconds += time.perf_counter() - start
+    return groups, ranks, stats
 
-    pending = list(groups)
-    fitted: dict[str, GroupFit] = {}
-    available: dict[str, InputMoments] = {}
-    bases: dict = {}
 
-    def fit_groups(ready: Sequence[Group]) -> None:
-        """Fit ``ready`` groups, swap in every module whose groups are all fitted, drop unneeded moments."""
-        start = time.perf_counter()
-        for group in ready:
-            transform = group_transform(method, group, available, fisher, config.asvd_alpha)
-            weights = [_member_weight(model, m) for m in group.members]
-            if config.sequential:
-                weights = [
-                    sequential_target(w, available[m.input_key], m.id, config.sequential_shrink)
-                    for w, m in zip(weights, group.members, strict=True)
-                ]
-            fitted[group.id] = fit_group(weights, ranks[group.id], transform)
-            if config.exact and len({m.input_key for m in group.members}) > 1:
-                fitted[group.id], result.exact[group.id] = refine_exact(fitted[group.id], weights, group, available)
-            if config.refine == "local":
-                fit = fitted[group.id]
-                targets = [w.detach().to(device="cpu", dtype=torch.float64) for w in weights]
-                covariances = [available[m.input_key].second for m in group.members]
-                A, B, result.local[group.id] = refine_local(
-                    targets, fit.A, fit.B, covariances, config.steps, config.refine_lr
-                )
-                fitted[group.id] = GroupFit(tuple(A), B, fit.sigma, fit.ridge)
-            pending.remove(group)
-        done = [g for g in groups if g.id in fitted]
-        factorize(model, done, ranks, fitted, modules=_modules_done(ready, pending), bases=bases)
-        needed = {m.input_key for g in pending for m in g.members}
-        for key in [k for k in available if k not in needed]:
-            del available[key]
-        result.fit_seconds += time.perf_counter() - start
-
-    if method.needs_moments or config.refine == "local":
-        start = time.perf_counter()
-        short: list[tuple[str, int, int]] = []
-        seen_inputs: set[str] = set()
-        layer_moments = (
-            stream_sequential_moments(model, windows, members)
-            if config.sequential and windows is not None
-            else _layer_moments(model, windows, stats, members)
-        )
-        for _layer, moments in layer_moments:
-            short += _short_inputs(moments)
-            available.update(moments)
-            seen_inputs.update(moments)
-            result.calibration_seconds += time.perf_counter() - start
-            fit_groups([g for g in pending if all(m.input_key in seen_inputs for m in g.members)])
-            start = time.perf_counter()
-        result.calibration_seconds += time.perf_counter() - start
-        if short:
-            result.warnings.append(_short_warning(short))
-    else:
-        for group in progress(groups, desc="fitting (groups)", unit="group"):
-            fit_groups([group])
-    if pending:
-        raise RuntimeError(f"groups left unfitted: {[g.id for g in pending]}")
-
-    if teacher is not None:
-        if windows is None:
-            raise UsageError("distillation needs calibration windows", hint="pass CalibrationWindows")
-        seed = calibration.seed if isinstance(calibration, (CalibrationWindows, CalibrationStats)) else 0
-        result.distill = distill(model, teacher, windows, config.steps, config.refine_lr, seed).to_dict()
-        del teacher
+def _report(model, result, groups, ranks, fitter) -> None:
     result.accounting = account(model)
     result.groups = [
         GroupReport(
             g.id,
             ranks[g.id],
             tuple(m.id for m in g.members),
-            fitted[g.id].loss,
-            fitted[g.id].relative_loss,
-            fitted[g.id].ridge,
+            fitter.fitted[g.id].loss,
+            fitter.fitted[g.id].relative_loss,
+            fitter.fitted[g.id].ridge,
         )
         for g in groups
     ]
@@ -299,19 +336,15 @@ def compress(model: nn.Module, config: CompressionConfig, calibration: Calibrati
             f"{len(ridged)} group(s) needed a ridge to be positive definite (largest {max(g.ridge for g in ridged):g}"
             f" x mean diagonal): {', '.join(g.id for g in ridged[:6])}"
         )
+    if result.config.sequential and any(len(g.layers) > 1 for g in groups):
+        result.warnings.append(
+            "the sequential update with cross-layer groups: a group is fitted after its last layer, so its members in "
+            "later layers are fitted on inputs from a prefix whose earlier members were still dense"
+        )
+    if fitter.short:
+        result.warnings.append(_short_warning(fitter.short))
     for warning in result.warnings:
         log.warning(warning)
-    return result
-
-
-def refine_exact(
-    fit: GroupFit, weights: Sequence[torch.Tensor], group: Group, moments: dict[str, InputMoments]
-) -> tuple[GroupFit, tuple[float, float]]:
-    """Alternating solves on the exact per-member objective (only groups whose members read different inputs)."""
-    targets = [w.detach().to(device="cpu", dtype=torch.float64) for w in weights]
-    covariances = [moments[m.input_key].second for m in group.members]
-    A, B, losses = alternate(targets, fit.A, fit.B, covariances)
-    return GroupFit(tuple(A), B, fit.sigma, fit.ridge), (losses[0], losses[-1])
 
 
 def choose_topology(
@@ -322,7 +355,7 @@ def choose_topology(
     config: CompressionConfig,
 ) -> tuple[tuple[Group, ...], dict[str, str]]:
     """``auto``: per unit, the candidate structure whose closed-form fit gives the least output error."""
-    weights = {m: _member_weight(model, m).detach().to(dtype=torch.float64) for m in members}
+    weights = {m: member_weight(model, m).detach().to(dtype=torch.float64) for m in members}
 
     def score(groups: tuple[Group, ...]) -> float:
         total = 0.0
@@ -348,40 +381,8 @@ def allocate_auto(
     spectra = {}
     for group in progress(groups, desc="allocation (spectra)", unit="group"):
         transform = group_transform(method, group, moments, fisher, config.asvd_alpha)
-        spectra[group.id] = spectrum([_member_weight(model, m) for m in group.members], transform)
+        spectra[group.id] = spectrum([member_weight(model, m) for m in group.members], transform)
     return greedy_ranks(groups, spectra, config.ratio, config.alloc == "auto", config.alloc_floor)
-
-
-def _member_weight(model: nn.Module, member: Member) -> torch.Tensor:
-    return role_weights(model, block_at(model, member.module))[member.role]
-
-
-def _modules_done(ready: Sequence[Group], pending: Sequence[Group]) -> set[str]:
-    """Modules all of whose members are fitted (a fused module waits for all its roles' groups)."""
-    waiting = {m.module for g in pending for m in g.members}
-    return {m.module for g in ready for m in g.members} - waiting
-
-
-def _layer_moments(
-    model: nn.Module, windows: torch.Tensor | None, stats: CalibrationStats | None, members: Sequence[Member]
-) -> Iterator[tuple[int, dict[str, InputMoments]]]:
-    if stats is not None:
-        wanted = {m.input_key for m in members}
-        missing = sorted(wanted - set(stats.moments))
-        if missing:
-            raise UsageError(
-                f"the statistics lack {len(missing)} input(s), e.g. {missing[0]}",
-                hint="collect statistics for the same model and roles",
-            )
-        yield from stats.layers()
-        return
-    assert windows is not None
-    yield from stream_layer_moments(model, windows, members)
-
-
-def _short_inputs(moments: dict[str, InputMoments]) -> list[tuple[str, int, int]]:
-    """Inputs with fewer calibration tokens than their width: their covariance is singular."""
-    return [(key, m.tokens, m.n) for key, m in moments.items() if m.tokens < m.n]
 
 
 def _short_warning(short: list[tuple[str, int, int]]) -> str:

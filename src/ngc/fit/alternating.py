@@ -68,7 +68,7 @@ def alternate(
     A = [a.clone() for a in A]
     B = B.clone()
     losses = [exact_loss(weights, A, B, covariances)]
-    eye = torch.eye(B.shape[1], dtype=B.dtype)
+    eye = torch.eye(B.shape[1], dtype=B.dtype, device=B.device)
     for _ in range(rounds):
         for s, (W, C) in enumerate(zip(weights, covariances, strict=True)):
             CB = C @ B  # (n, k)

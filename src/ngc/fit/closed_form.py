@@ -55,9 +55,10 @@ def truncated_svd(X: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, 
     return US, V_k, sigma
 
 
-def stack(weights: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Members' weights stacked along the output, float64 on the CPU (M, n)."""
-    W = torch.cat([w.detach().to(device="cpu", dtype=torch.float64) for w in weights], dim=0)
+def stack(weights: Sequence[torch.Tensor], device: torch.device | None = None) -> torch.Tensor:
+    """Members' weights stacked along the output, float64 (M, n), on ``device`` (default: the first weight's)."""
+    device = device if device is not None else weights[0].device
+    W = torch.cat([w.detach().to(device=device, dtype=torch.float64) for w in weights], dim=0)
     if not torch.isfinite(W).all():
         raise NumericalError("a weight to be compressed contains NaN or Inf", hint="check the model's checkpoint")
     return W
@@ -65,7 +66,7 @@ def stack(weights: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def spectrum(weights: Sequence[torch.Tensor], transform: Transform) -> torch.Tensor:
     """Singular values of ``W_stack S``, descending (what rank allocation needs; cheaper than a fit)."""
-    X = transform.apply(stack(weights))
+    X = transform.apply(stack(weights, transform.device))
     gram = X.T @ X if X.shape[0] >= X.shape[1] else X @ X.T
     return torch.linalg.eigvalsh(gram).flip(0).clamp_min(0).sqrt()
 
@@ -75,7 +76,7 @@ def fit_group(weights: Sequence[torch.Tensor], rank: int, transform: Transform) 
 
     ``SVD(W_stack S) = U Σ Vᵀ``; ``A = U_k Σ_k`` sliced per member; ``B = S⁻ᵀ V_k``.
     """
-    W = stack(weights)  # (M, n)
+    W = stack(weights, transform.device)  # (M, n), where the statistics are
     if not 1 <= rank <= min(W.shape):
         raise ValueError(f"rank {rank} outside [1, {min(W.shape)}]")
     A, V_k, sigma = truncated_svd(transform.apply(W), rank)  # (M, k), (n, k)

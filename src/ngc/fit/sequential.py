@@ -23,8 +23,8 @@ def sequential_target(W: torch.Tensor, moments: InputMoments, what: str = "input
         raise ValueError("sequential moments need the cross moment M")
     C, M = moments.second, moments.cross
     if shrink > 0:
-        bump = shrink * float(C.diagonal().mean()) * torch.eye(C.shape[0], dtype=C.dtype)
+        bump = shrink * float(C.diagonal().mean()) * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
         C, M = C + bump, M + bump
     L = whitening(C, what).factor  # C̃ (+ ridge) = L Lᵀ
-    W = W.detach().to(device="cpu", dtype=torch.float64)
+    W = W.detach().to(device=C.device, dtype=torch.float64)
     return torch.cholesky_solve(M @ W.T, L).T  # (C̃⁻¹ M Wᵀ)ᵀ

@@ -28,6 +28,11 @@ class Transform:
     factor: torch.Tensor | None
     ridge: float = 0.0  # relative ridge added to C before its Cholesky factor (0 = none needed)
 
+    @property
+    def device(self) -> torch.device | None:
+        """Where the fit runs: the factor's device (None for the identity: the weights' own)."""
+        return self.factor.device if self.factor is not None else None
+
     def apply(self, W: torch.Tensor) -> torch.Tensor:
         """``W S`` for ``W`` (M, n)."""
         if self.factor is None:
@@ -59,7 +64,7 @@ def whitening(C: torch.Tensor, what: str = "covariance") -> Transform:
             f"the calibration statistics of {what} are all zero",
             hint="no calibration token reached this block; use more or longer windows",
         )
-    eye = torch.eye(C.shape[0], dtype=C.dtype)
+    eye = torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
     for ridge in RIDGES:
         L, info = torch.linalg.cholesky_ex(C + ridge * scale * eye)
         if int(info) == 0:

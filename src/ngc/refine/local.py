@@ -33,7 +33,7 @@ def refine_local(
 
     def loss() -> torch.Tensor:
         *A_t, B_t = params
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=B_t.device)
         for W, A_s, C in zip(weights, A_t, covariances, strict=True):
             E = W - A_s @ B_t.T  # (m_s, n)
             total = total + ((E @ C) * E).sum()

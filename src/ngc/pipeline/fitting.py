@@ -1,0 +1,124 @@
+"""Fit the groups whose inputs have all been seen, swap in the modules they complete, forget what is not needed.
+
+A group is fitted as soon as the moments of every input it reads exist (an intra group after its layer, a
+cross-layer group after its last member's layer). Moments are dropped once no pending group reads them, so a
+cross-layer group holds only its members' statistics until it is fitted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ngc.arch import block_at, role_weights
+from ngc.calib.moments import InputMoments
+from ngc.config import CompressionConfig
+from ngc.fit.alternating import alternate
+from ngc.fit.closed_form import GroupFit, fit_group
+from ngc.fit.methods import Method, group_transform
+from ngc.fit.sequential import sequential_target
+from ngc.modules.factorized import GroupBasis
+from ngc.modules.swap import factorize
+from ngc.pipeline.distributed import World
+from ngc.refine.local import refine_local
+from ngc.topology.groups import Group
+
+
+def member_weight(model: nn.Module, member) -> torch.Tensor:
+    """The dense weight (m, n) of one member, as the model holds it now."""
+    return role_weights(model, block_at(model, member.module))[member.role]
+
+
+@dataclass
+class GroupFitter:
+    """The fitting stage of the pipeline: pending groups, the moments they wait for, and what was fitted."""
+
+    model: nn.Module
+    method: Method
+    groups: Sequence[Group]
+    ranks: Mapping[str, int]
+    config: CompressionConfig
+    fisher: Mapping[str, torch.Tensor] | None = None
+    world: World = field(default_factory=World)
+    pending: list[Group] = field(init=False)
+    fitted: dict[str, GroupFit] = field(default_factory=dict)
+    available: dict[str, InputMoments] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+    bases: dict[str, GroupBasis] = field(default_factory=dict)
+    exact: dict[str, tuple[float, float]] = field(default_factory=dict)
+    local: dict[str, tuple[float, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+    short: list[tuple[str, int, int]] = field(default_factory=list)  # inputs with fewer tokens than their width
+
+    def __post_init__(self) -> None:
+        self.pending = list(self.groups)
+        self._index = {group.id: i for i, group in enumerate(self.groups)}
+
+    def add(self, moments: Mapping[str, InputMoments]) -> None:
+        """Moments of inputs just calibrated (already summed over ranks)."""
+        self.available.update(moments)
+        self.seen.update(moments)
+        self.short += [(key, m.tokens, m.n) for key, m in moments.items() if m.tokens < m.n]
+
+    def fit_ready(self) -> list[Group]:
+        """Fit every pending group whose inputs have all been seen; swap the modules that are now complete."""
+        ready = [g for g in self.pending if all(m.input_key in self.seen for m in g.members)]
+        if not ready:
+            return []
+        start = time.perf_counter()
+        for group in ready:
+            self.fitted[group.id] = self._fit_shared(group)
+            self.pending.remove(group)
+        done = [g for g in self.groups if g.id in self.fitted]
+        factorize(self.model, done, self.ranks, self.fitted, modules=self._modules_done(ready), bases=self.bases)
+        needed = {m.input_key for g in self.pending for m in g.members}
+        for key in [k for k in self.available if k not in needed]:
+            del self.available[key]
+        self.seconds += time.perf_counter() - start
+        return ready
+
+    def layer_complete(self, layer: int) -> bool:
+        """No pending group has a member in ``layer``."""
+        return all(m.layer != layer for g in self.pending for m in g.members)
+
+    def _fit_shared(self, group: Group) -> GroupFit:
+        """Fit on the owning rank, then hand the factors to every rank."""
+        owner = self.world.owner(self._index[group.id])
+        fit = self._fit(group) if self.world.rank == owner else None
+        rows = [m.m for m in group.members]
+        count = min(sum(rows), group.n)
+        return self.world.broadcast_fit(fit, owner, (rows, group.n, self.ranks[group.id], count))
+
+    def _fit(self, group: Group) -> GroupFit:
+        """The closed form of the method, then the optional exact and local refinements (SPEC §4, §5)."""
+        config = self.config
+        transform = group_transform(self.method, group, self.available, self.fisher, config.asvd_alpha)
+        weights = [member_weight(self.model, m) for m in group.members]
+        if config.sequential:
+            weights = [
+                sequential_target(w, self.available[m.input_key], m.id, config.sequential_shrink)
+                for w, m in zip(weights, group.members, strict=True)
+            ]
+        fit = fit_group(weights, self.ranks[group.id], transform)
+        covariances = [self.available[m.input_key].second for m in group.members] if self.available else []
+        if config.exact and len({m.input_key for m in group.members}) > 1:
+            targets = [w.detach().to(device=fit.B.device, dtype=torch.float64) for w in weights]
+            A, B, losses = alternate(targets, fit.A, fit.B, covariances)
+            fit, self.exact[group.id] = GroupFit(tuple(A), B, fit.sigma, fit.ridge), (losses[0], losses[-1])
+        if config.refine == "local":
+            targets = [w.detach().to(device=fit.B.device, dtype=torch.float64) for w in weights]
+            with torch.enable_grad():  # the pipeline's calibration runs under no_grad
+                A, B, self.local[group.id] = refine_local(
+                    targets, fit.A, fit.B, covariances, config.steps, config.refine_lr
+                )
+            fit = GroupFit(tuple(A), B, fit.sigma, fit.ridge)
+        return fit
+
+    def _modules_done(self, ready: Sequence[Group]) -> set[str]:
+        """Modules all of whose members are fitted (a fused module waits for all its roles' groups)."""
+        waiting = {m.module for g in self.pending for m in g.members}
+        return {m.module for g in ready for m in g.members} - waiting
