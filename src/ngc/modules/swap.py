@@ -25,6 +25,12 @@ def _bias(module: nn.Module) -> torch.Tensor | None:
     return bias if isinstance(bias, torch.Tensor) else None
 
 
+def _reference(module: nn.Module) -> torch.Tensor:
+    """A tensor of ``module`` giving the dtype and device of what replaces it (its weight, or its first factor)."""
+    weight = getattr(module, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) else next(module.parameters())
+
+
 def factorize(
     model: nn.Module,
     groups: Sequence[Group],
@@ -40,13 +46,13 @@ def factorize(
     basis stays one object. Returns the bases by group id.
     """
     spec = arch_spec(model)
-    reference = next(model.parameters())
     bases = {} if bases is None else bases
     placement: dict[tuple[str, str], tuple[GroupBasis, torch.Tensor | None]] = {}
     for group in groups:
         fit = fits[group.id] if fits is not None else None
         basis = bases.get(group.id)
         if basis is None:
+            reference = _reference(model.get_submodule(group.members[0].module))
             readers = max(Counter((m.layer, m.input_key) for m in group.members).values())
             basis = GroupBasis(
                 group.id, group.n, ranks[group.id], readers=readers, dtype=reference.dtype, device=reference.device
@@ -80,7 +86,7 @@ def factorize(
             with torch.no_grad():
                 for A, (_, fitted) in zip(new.A, parts, strict=True):
                     A.copy_(fitted)
-        new.to(device=reference.device)
+        new.to(device=_reference(old).device)
         _set_submodule(model, name, new)
     return bases
 
