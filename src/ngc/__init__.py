@@ -22,6 +22,7 @@ _LAZY = {
     "CalibConfig": "ngc.config",
     "account": "ngc.accounting",
     "load": "ngc.checkpoint.load",
+    "save": "ngc.checkpoint.save",
     "save_checkpoint": "ngc.checkpoint.save",
     "load_model": "ngc.models.load",
     "LoadedModel": "ngc.models.load",
@@ -36,6 +37,12 @@ _LAZY = {
 }
 
 __all__ = ["__version__", *_LAZY]
+
+# transformers loads ngc checkpoints (config.json names quant_method "ngc") once ngc is imported; the
+# registration waits until transformers' quantizer registry is imported, so `import ngc` stays light.
+from ngc.checkpoint.hook import install as _install_transformers_hook  # noqa: E402
+
+_install_transformers_hook()
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,9 @@ from ngc.topology.groups import Group
 
 MANIFEST = "ngc.json"
 WEIGHTS = "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sharded weights, config.json names ngc in quantization_config; 1: one model.safetensors
+QUANT_METHOD = "ngc"
+MEMBER_FIELDS: dict[str, type] = {"module": str, "role": str, "layer": int, "m": int, "n": int, "input_key": str}
 
 
 class CheckpointError(NgcError):
@@ -42,10 +44,77 @@ def group_records(groups: list[Group], ranks: dict[str, int]) -> list[dict[str, 
     ]
 
 
-def groups_from_records(records: list[dict[str, Any]]) -> tuple[list[Group], dict[str, int]]:
-    groups = [Group(tuple(Member(**member) for member in record["members"])) for record in records]
-    ranks = {group.id: int(record["rank"]) for group, record in zip(groups, records, strict=True)}
+def groups_from_records(records: Any, source: Path | str = MANIFEST) -> tuple[list[Group], dict[str, int]]:
+    """The groups and ranks that ``group_records`` wrote; any damage is a :class:`CheckpointError` naming it."""
+    if not isinstance(records, list) or not records:
+        raise _damaged(source, "its groups are not a non-empty list")
+    groups, ranks = [], {}
+    for index, record in enumerate(records):
+        where = f"group {index}"
+        if not isinstance(record, dict) or not isinstance(record.get("members"), list) or not record["members"]:
+            raise _damaged(source, f"{where} has no list of members")
+        rank = record.get("rank")
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+            raise _damaged(source, f"{where} has rank {rank!r}, not a positive integer")
+        members = [_member(member, source, f"{where}, member {j}") for j, member in enumerate(record["members"])]
+        try:
+            group = Group(tuple(members))
+        except (ValueError, TypeError) as exc:
+            raise _damaged(source, f"{where}: {exc}") from exc
+        if group.id in ranks:
+            raise _damaged(source, f"{where} repeats group {group.id}")
+        if rank > group.n:
+            raise _damaged(source, f"{where} has rank {rank} above its input width {group.n}")
+        groups.append(group)
+        ranks[group.id] = rank
+    seen: set[tuple[str, str]] = set()
+    for group in groups:
+        for member in group.members:
+            if (member.module, member.role) in seen:
+                raise _damaged(source, f"{member.module} ({member.role}) is in two groups")
+            seen.add((member.module, member.role))
     return groups, ranks
+
+
+def _member(record: Any, source: Path | str, where: str) -> Member:
+    if not isinstance(record, dict):
+        raise _damaged(source, f"{where} is not an object")
+    fields = {}
+    for name, kind in MEMBER_FIELDS.items():
+        value = record.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise _damaged(source, f"{where} has {name} {value!r}, not a {kind.__name__}")
+        fields[name] = value
+    if fields["m"] <= 0 or fields["n"] <= 0 or not fields["module"]:
+        raise _damaged(source, f"{where} has an empty module name or width")
+    return Member(**fields)
+
+
+def _damaged(source: Path | str, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"the group records in {source} are damaged: {problem}",
+        hint="the checkpoint was edited or truncated; compress again (or restore ngc.json from the original run)",
+    )
+
+
+def quantization_config(groups: list[Group], ranks: dict[str, int], guard: str) -> dict[str, Any]:
+    """What ``config.json`` carries under ``quantization_config``: enough for transformers to rebuild the structure."""
+    return {
+        "quant_method": QUANT_METHOD,
+        "format_version": FORMAT_VERSION,
+        "manifest": MANIFEST,
+        "guard": guard,
+        "groups": group_records(groups, ranks),
+    }
+
+
+def guard_name(groups: list[Group]) -> str:
+    """The dense weight name of the first factorised module: each checkpoint stores a zero-size tensor under it.
+
+    A transformers without ngc registered only warns about the unknown ``quant_method`` and goes on to build the
+    dense model; this tensor then stops it with a size-mismatch error instead of handing out random weights.
+    """
+    return f"{groups[0].members[0].module}.weight"
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
