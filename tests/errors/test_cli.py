@@ -336,3 +336,37 @@ def test_unwritable_out_and_json_are_refused_before_the_model_loads(capsys, tmp_
     assert code == 1
     assert_clean_error(err, "--json", "a-file/r.json cannot be written")
     assert not (tmp_path / "ok").exists()
+
+
+def test_calibration_sizes_are_checked_against_the_data_and_the_model_first(capsys, tiny_folders, tmp_path):
+    text = tmp_path / "long.txt"
+    text.write_text("Neuronal groups exchange low-dimensional messages. " * 400, encoding="utf-8")
+    code, _, err = ngc(  # refused before the (missing) model is even looked for
+        capsys,
+        "compress",
+        "no-such-model",
+        "--calib",
+        str(text),
+        "--calib-samples",
+        "100000000",
+        "--out",
+        str(tmp_path / "a"),
+    )
+    assert code == 2
+    assert_clean_error(err, "100000000 calibration windows", "distinct windows", "--calib-samples")
+    code, _, err = ngc(
+        capsys,
+        "compress",
+        str(tiny_folders["llama"]),
+        "--calib",
+        str(text),
+        "--calib-len",
+        "600",
+        "--calib-samples",
+        "2",
+        "--out",
+        str(tmp_path / "b"),
+    )
+    assert code == 2
+    assert_clean_error(err, "--calib-len 600 is longer than the model's context of 512 tokens")
+    assert not (tmp_path / "b").exists()

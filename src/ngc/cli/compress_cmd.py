@@ -124,7 +124,14 @@ def compress_command(
     from ngc.checkpoint.manifest import base_identity, is_checkpoint
     from ngc.checkpoint.save import check_target, save_checkpoint
     from ngc.config import CalibConfig, CompressionConfig
-    from ngc.data.windows import CalibrationWindows, calibration_text, sample_windows, tokenize_text
+    from ngc.data.windows import (
+        CalibrationWindows,
+        calibration_text,
+        check_calibration_request,
+        check_window_len,
+        sample_windows,
+        tokenize_text,
+    )
     from ngc.errors import UsageError
     from ngc.fit.methods import get_method
     from ngc.models.load import parse_dtype
@@ -158,6 +165,8 @@ def compress_command(
         raise UsageError(f"{model} is already a compressed checkpoint", hint="compress the original dense model")
     needs_data = get_method(method).needs_moments or get_method(method).needs_fisher
     text = calibration_text(calib_config.source, data_dir) if needs_data and not dry_run else None
+    if text is not None:
+        check_calibration_request(calib_config.n_windows, calib_config.window_len, text.text)
 
     from transformers.utils import logging as hf_logging
 
@@ -166,6 +175,8 @@ def compress_command(
     with console.status(f"loading {model} ..."):
         loaded = load(model, dtype=dtype, device=device, cache=cache)
     console.print(f"loaded {model} ({loaded.spec.family}, {loaded.dtype}) in {loaded.load_seconds:.1f} s")
+    if text is not None:
+        check_window_len(calib_config.window_len, loaded.context_len)
     method_spec, _members, groups, ranks = plan(loaded.model, config)
     if dry_run:
         from ngc.accounting import GroupRank

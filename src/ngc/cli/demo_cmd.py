@@ -51,7 +51,14 @@ def demo_command(
     from ngc.checkpoint.save import save_checkpoint
     from ngc.config import CalibConfig, CompressionConfig
     from ngc.data.corpora import load_corpus
-    from ngc.data.windows import CalibrationWindows, calibration_text, sample_windows, tokenize_text
+    from ngc.data.windows import (
+        CalibrationWindows,
+        calibration_text,
+        check_calibration_request,
+        check_window_len,
+        sample_windows,
+        tokenize_text,
+    )
     from ngc.eval.perplexity import check_eval_args, perplexity
     from ngc.models.load import load_model
     from ngc.reports.plots import dense_vs_compressed
@@ -64,6 +71,7 @@ def demo_command(
     check_output_folder(out, force, marker="checkpoint/ngc.json", inputs=input_paths(model))
     test = load_corpus("wikitext2", "test", data_dir)
     calib_text = calibration_text(calib_config.source, data_dir)
+    check_calibration_request(calib_samples, calib_len, calib_text.text)
 
     from transformers.utils import logging as hf_logging
 
@@ -71,6 +79,7 @@ def demo_command(
     console = Console(stderr=True)
     loaded = load_model(model, cache=cache)
     console.print(f"[1/5] loaded {model} ({loaded.spec.family}) in {loaded.load_seconds:.1f} s")
+    check_window_len(calib_len, loaded.context_len)
     dense_ppl = perplexity(loaded, test, 2048, max_windows or None)
     console.print(f"[2/5] dense perplexity {dense_ppl.ppl:.3f}")
     base = base_identity(loaded.model, model)

@@ -45,18 +45,72 @@ def window_input(tokens: torch.Tensor, window: slice, bos_token_id: int | None) 
     return chunk.unsqueeze(0)
 
 
+#: the sampled (N, L) int64 windows may take at most this fraction of the machine's memory
+WINDOWS_MEMORY_FRACTION = 0.25
+
+
+def _physical_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that reports it
+        return None
+
+
+def check_window_count(n_windows: int, window_len: int, max_offsets: int, what: str = "the calibration text") -> None:
+    """Refuse more windows than ``what`` has distinct offsets, or an (N, L) request that cannot fit in memory.
+
+    ``max_offsets`` is the number of distinct start positions (or an upper bound of it, e.g. from the text's
+    UTF-8 byte count before it is tokenised): windows beyond it only repeat.
+    """
+    if n_windows < 1:
+        raise UsageError(f"{n_windows} calibration windows requested", hint="ask for at least 1 (--calib-samples)")
+    if n_windows > max_offsets:
+        raise UsageError(
+            f"{n_windows} calibration windows of {window_len} tokens requested, but {what} has at most "
+            f"{max_offsets} distinct windows of that length",
+            hint=f"ask for {max_offsets} windows or fewer (--calib-samples; more only repeat), or a longer text",
+        )
+    memory = _physical_memory_bytes()
+    needed = n_windows * window_len * 8  # int64 token ids
+    if memory is not None and needed > WINDOWS_MEMORY_FRACTION * memory:
+        raise UsageError(
+            f"{n_windows} x {window_len} calibration tokens need {needed / 2**30:.1f} GiB for the token ids alone, "
+            f"more than a quarter of this machine's {memory / 2**30:.1f} GiB",
+            hint="lower --calib-samples or --calib-len",
+        )
+
+
+def check_calibration_request(n_windows: int, window_len: int, text: str) -> None:
+    """Before tokenising: no tokenizer makes more tokens than the text has UTF-8 bytes (plus a leading one)."""
+    max_tokens = len(text.encode("utf-8")) + 1
+    if max_tokens < window_len - 1:  # even with BOS, one window needs window_len - 1 text tokens
+        raise DataFormatError(
+            f"the calibration text has at most {max_tokens} tokens, fewer than one window of {window_len}",
+            hint="use a longer text or a shorter --calib-len",
+        )
+    check_window_count(n_windows, window_len, max(max_tokens - window_len + 2, 1))
+
+
+def check_window_len(window_len: int, context_len: int | None, flag: str = "--calib-len") -> None:
+    """Refuse windows longer than the model's context (its position table ends there)."""
+    if context_len is not None and window_len > context_len:
+        raise UsageError(
+            f"{flag} {window_len} is longer than the model's context of {context_len} tokens",
+            hint=f"use {flag} {context_len} or less",
+        )
+
+
 def sample_windows(
     tokens: torch.Tensor, n_windows: int, window_len: int, seed: int, bos_token_id: int | None = None
 ) -> torch.Tensor:
     """``n_windows`` windows of ``window_len`` tokens at seeded random offsets: (N, L), deterministic."""
-    if n_windows < 1:
-        raise UsageError(f"{n_windows} calibration windows requested", hint="ask for at least 1")
     text_len = window_len - 1 if bos_token_id is not None else window_len
     if tokens.numel() < text_len:
         raise DataFormatError(
             f"the calibration text has {tokens.numel()} tokens, fewer than one window of {window_len}",
             hint="use a longer text or a shorter --calib-len",
         )
+    check_window_count(n_windows, window_len, tokens.numel() - text_len + 1)
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, tokens.numel() - text_len + 1, (n_windows,), generator=generator)
     windows = torch.stack([tokens[start : start + text_len] for start in starts.tolist()])  # (N, text_len)

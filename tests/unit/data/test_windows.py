@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+import ngc.data.windows as windows_module
 from ngc.data.windows import (
     calibration_split,
     calibration_windows,
+    check_calibration_request,
+    check_window_len,
     plan_windows,
     sample_windows,
     window_input,
@@ -93,3 +96,31 @@ def test_calibration_windows_come_from_the_calibration_split(data_dir):
     assert all(piece.replace("\n", "") in valid.replace("\n", "") for piece in decoded)
     again = calibration_windows(tokenizer, "wikitext2", n_windows=3, window_len=16, seed=1, explicit_dir=data_dir)
     assert torch.equal(calib.tokens, again.tokens)
+
+
+def test_sampler_refuses_more_windows_than_the_text_offers_without_allocating_them():
+    tokens = torch.arange(1000)
+    assert sample_windows(tokens, 1000 - 64 + 1, 64, seed=0).shape == (937, 64)  # every offset: still allowed
+    with pytest.raises(UsageError, match="100000000 calibration windows .* at most 937 distinct windows"):
+        sample_windows(tokens, 100_000_000, 64, seed=0)
+
+
+def test_sampler_refuses_windows_that_cannot_fit_in_memory(monkeypatch):
+    monkeypatch.setattr(windows_module, "_physical_memory_bytes", lambda: 2**30)
+    with pytest.raises(UsageError, match=r"need 0\.5 GiB .* 1\.0 GiB"):
+        sample_windows(torch.arange(200_000), 131_072, 512, seed=0)  # 131072 x 512 x 8 bytes = 0.5 GiB > 1/4
+
+
+def test_calibration_request_checked_on_the_raw_text_before_tokenising():
+    check_calibration_request(10, 8, "x" * 17)  # at most 18 tokens: 12 offsets with BOS
+    with pytest.raises(UsageError, match="at most 12 distinct windows"):
+        check_calibration_request(13, 8, "x" * 17)
+    with pytest.raises(DataFormatError, match="fewer than one window of 64"):
+        check_calibration_request(1, 64, "short")
+
+
+def test_window_longer_than_the_context_is_refused():
+    check_window_len(512, 512)
+    check_window_len(4096, None)  # a model that does not say: left to the model
+    with pytest.raises(UsageError, match="--calib-len 513 is longer than the model's context of 512 tokens"):
+        check_window_len(513, 512)
