@@ -10,7 +10,7 @@ from torch import nn
 
 from ngc.arch import arch_spec
 from ngc.fit.closed_form import GroupFit
-from ngc.modules.factorized import FactorizedLinear, GroupBasis
+from ngc.modules.factorized import FactorizedLinear, GroupBasis, share_messages
 from ngc.topology.blocks import Member, output_order
 from ngc.topology.groups import Group
 
@@ -88,6 +88,7 @@ def factorize(
                     A.copy_(fitted)
         new.to(device=_reference(old).device)
         _set_submodule(model, name, new)
+    share_messages(model)  # siblings that read one input compute its message once (eager)
     return bases
 
 
