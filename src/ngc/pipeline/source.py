@@ -178,8 +178,9 @@ class FolderSource:
         arch_spec(config)
         with init_empty_weights():  # parameters on meta; buffers (rotary inv_freq) real
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        self.model.tie_weights()
         self.model.eval()
-        self.files = read_index(self.folder)
+        self.files = _model_names(self.model, read_index(self.folder))
         self.digest = WeightsDigest()
         self._ties = {name: names for names in _tied_names(self.model) for name in names}
         self._check_names()
@@ -210,13 +211,14 @@ class FolderSource:
             if name in done:
                 continue
             stored = next(n for n in self._ties[name] if n in self.files)
-            by_file.setdefault(self.files[stored], []).append(stored)
+            path, key = self.files[stored]
+            by_file.setdefault(path, []).append((stored, key))
             done.update(self._ties[name])
-        for path, stored_names in by_file.items():
+        for path, entries in by_file.items():
             try:
                 with safe_open(str(path), framework="pt", device="cpu") as handle:
-                    for stored in stored_names:
-                        self._place(stored, handle.get_tensor(stored))
+                    for stored, key in entries:
+                        self._place(stored, handle.get_tensor(key))
             except (SafetensorError, OSError) as exc:
                 raise ModelNotFoundError(
                     f"{path} cannot be read: {exc}", hint="the shard is damaged or truncated; copy it again"
@@ -256,6 +258,30 @@ class FolderSource:
     def finish(self, sink: Sink | None = None) -> None:
         if sink is not None:
             sink(*split_aliases(_outside_layers(self.model)))
+
+
+def _model_names(model: nn.Module, files: dict[str, Path]) -> dict[str, tuple[Path, str]]:
+    """Model state-dict name -> (file, name in the file), through transformers' own checkpoint renamings
+    (legacy layouts such as Gemma 3's ``language_model.model.*``); a key needing a real conversion is refused."""
+    try:
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+        from transformers.modeling_utils import get_model_conversion_mapping
+    except ImportError:  # a transformers without conversion mappings stores keys as the model names them
+        return {key: (path, key) for key, path in files.items()}
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+    meta = model.state_dict()
+    names: dict[str, tuple[Path, str]] = {}
+    for key, path in files.items():
+        renamed, converted = rename_source_key(key, renamings, converters, model.base_model_prefix, meta)
+        if converted is not None:
+            raise ModelNotFoundError(
+                f"{key} in {path} needs a weight conversion that layer-by-layer streaming does not perform",
+                hint="save the model once with transformers' save_pretrained in its current layout",
+            )
+        names[renamed] = (path, key)
+    return names
 
 
 def _current(model: nn.Module, name: str) -> torch.Tensor:
