@@ -25,6 +25,6 @@ def sequential_target(W: torch.Tensor, moments: InputMoments, what: str = "input
     if shrink > 0:
         bump = shrink * float(C.diagonal().mean()) * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
         C, M = C + bump, M + bump
-    L = whitening(C, what).factor  # C̃ (+ ridge) = L Lᵀ
+    transform = whitening(C, what)  # C̃ (+ ridge) = S Sᵀ (Cholesky, or eigh when C̃ is near singular)
     W = W.detach().to(device=C.device, dtype=torch.float64)
-    return torch.cholesky_solve(M @ W.T, L).T  # (C̃⁻¹ M Wᵀ)ᵀ
+    return transform.solve_covariance(M @ W.T).T  # (C̃⁻¹ M Wᵀ)ᵀ

@@ -1,6 +1,8 @@
 """Input transforms ``S`` such that the fit is a truncated SVD of ``W S`` (SPEC §4, §6).
 
-- whitening: ``S = L`` with ``C = L Lᵀ`` (Cholesky; a ridge ``λ·mean(diag C)·I`` is added when C is singular)
+- whitening: ``S = L`` with ``C = L Lᵀ`` (Cholesky; a ridge ``λ·mean(diag C)·I`` is added when C is singular).
+  When a pivot of L is at rounding-noise level (``min L_ii² < n·eps·max C_ii``: L is unreliable and ``B = L⁻ᵀ V``
+  explodes), it falls back to ``S = Q Λ^{1/2}`` from ``C = Q Λ Qᵀ``, eigenvalues floored at ``EIGEN_FLOOR·λ_max``.
 - diagonal scales: ``S = diag(s)`` (ASVD's activation scales, FWSVD's √Fisher)
 - identity: plain SVD
 """
@@ -15,6 +17,8 @@ from ngc.errors import NgcError
 
 #: relative ridges tried in turn when C is not positive definite
 RIDGES: tuple[float, ...] = (0.0, 1e-8, 1e-6, 1e-4, 1e-2)
+#: the eigen fallback raises eigenvalues below this fraction of the largest to it (so cond(S) <= 1e5)
+EIGEN_FLOOR = 1e-10
 
 
 class NumericalError(NgcError):
@@ -23,10 +27,19 @@ class NumericalError(NgcError):
 
 @dataclass(frozen=True)
 class Transform:
-    """``S`` as a lower-triangular matrix (whitening), a vector (diagonal) or ``None`` (identity)."""
+    """``S`` as a matrix (whitening), a vector (diagonal) or ``None`` (identity).
+
+    ``factorisation`` says how a matrix ``S`` was made: ``"cholesky"`` (lower triangular, ``S Sᵀ = C + ridge``)
+    or ``"eigh"`` (``S = Q Λ^{1/2}``, the fallback for a Cholesky factor with near-zero pivots). ``condition``
+    is ``min L_ii² / max C_ii`` of the Cholesky attempt (small = ill-conditioned); for ``"eigh"`` that of the
+    rejected Cholesky factor, and ``floored`` counts the eigenvalues raised to the floor.
+    """
 
     factor: torch.Tensor | None
     ridge: float = 0.0  # relative ridge added to C before its Cholesky factor (0 = none needed)
+    factorisation: str = "cholesky"
+    condition: float | None = None
+    floored: int = 0
 
     @property
     def device(self) -> torch.device | None:
@@ -45,14 +58,44 @@ class Transform:
             return V
         if self.factor.dim() == 1:
             return V / self.factor.unsqueeze(1)
+        if self.factorisation == "eigh":
+            return torch.linalg.solve(self.factor.T, V)
         return torch.linalg.solve_triangular(self.factor.T, V, upper=True)
+
+    def solve_covariance(self, Y: torch.Tensor) -> torch.Tensor:
+        """``(S Sᵀ)⁻¹ Y``, i.e. ``C⁻¹ Y`` for a whitening of ``C`` (Y: (n, r))."""
+        if self.factor is None:
+            return Y
+        if self.factor.dim() == 1:
+            return Y / self.factor.unsqueeze(1).square()
+        if self.factorisation == "eigh":
+            return torch.linalg.solve(self.factor.T, torch.linalg.solve(self.factor, Y))
+        return torch.cholesky_solve(Y, self.factor)
 
 
 IDENTITY = Transform(None)
 
 
+def _pivot_condition(L: torch.Tensor, C: torch.Tensor) -> float:
+    """``min L_ii² / max C_ii``: the smallest pivot of the Cholesky factor relative to C's scale."""
+    return float(L.diagonal().square().min() / C.diagonal().max())
+
+
+def _eigen_whitening(C: torch.Tensor, condition: float) -> Transform:
+    """``S = Q Λ^{1/2}`` with ``C = Q Λ Qᵀ``; eigenvalues below ``EIGEN_FLOOR·λ_max`` are raised to it."""
+    eigenvalues, Q = torch.linalg.eigh(C)  # ascending; Q: (n, n)
+    floor = EIGEN_FLOOR * eigenvalues[-1]
+    floored = int((eigenvalues < floor).sum())
+    S = Q * eigenvalues.clamp_min(floor).sqrt()  # (n, n): column i of Q scaled by sqrt(λ_i)
+    return Transform(S, 0.0, "eigh", condition, floored)
+
+
 def whitening(C: torch.Tensor, what: str = "covariance") -> Transform:
-    """Cholesky factor of ``C`` (float64), with the smallest ridge from ``RIDGES`` that makes it positive definite."""
+    """Cholesky factor of ``C`` (float64), with the smallest ridge from ``RIDGES`` that makes it positive definite.
+
+    Falls back to an eigendecomposition (reported in the Transform) when the factor's smallest pivot is at
+    rounding-noise level. Every tensor stays on C's device and dtype.
+    """
     if not torch.isfinite(C).all():
         raise NumericalError(
             f"the calibration statistics of {what} contain NaN or Inf",
@@ -64,11 +107,17 @@ def whitening(C: torch.Tensor, what: str = "covariance") -> Transform:
             f"the calibration statistics of {what} are all zero",
             hint="no calibration token reached this block; use more or longer windows",
         )
-    eye = torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
+    n = C.shape[0]
+    eye = torch.eye(n, dtype=C.dtype, device=C.device)
+    noise = n * torch.finfo(C.dtype).eps  # a pivot² below noise·max C_ii is rounding error, not signal
     for ridge in RIDGES:
-        L, info = torch.linalg.cholesky_ex(C + ridge * scale * eye)
+        ridged = C + ridge * scale * eye
+        L, info = torch.linalg.cholesky_ex(ridged)
         if int(info) == 0:
-            return Transform(L, ridge)
+            condition = _pivot_condition(L, ridged)
+            if condition < noise:
+                return _eigen_whitening(C, condition)
+            return Transform(L, ridge, "cholesky", condition)
     raise NumericalError(
         f"the calibration covariance of {what} is not positive definite even with ridge {RIDGES[-1]}",
         hint="use more calibration tokens",

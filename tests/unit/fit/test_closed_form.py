@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ngc.fit.closed_form import fit_group, truncated_svd
-from ngc.fit.whiten import IDENTITY, NumericalError, diagonal, whitening
+from ngc.fit.whiten import IDENTITY, NumericalError, Transform, diagonal, whitening
 
 
 def anisotropic_inputs(tokens: int, n: int, seed: int = 0) -> torch.Tensor:
@@ -88,3 +88,66 @@ def test_non_finite_weights_are_refused():
     W[0, 0] = float("nan")
     with pytest.raises(NumericalError, match="NaN or Inf"):
         fit_group([W], 1, IDENTITY)
+
+
+def _spectrum_covariance(n: int, eigenvalues: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``C = Q diag(eigenvalues) Qᵀ`` with a seeded random orthogonal Q; returns (C, Q)."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return (Q * eigenvalues) @ Q.T, Q
+
+
+def test_well_conditioned_whitening_is_the_plain_cholesky_factor_bit_for_bit():
+    X = anisotropic_inputs(200, 16)
+    C = X.T @ X
+    transform = whitening(C)
+    assert transform.factorisation == "cholesky" and transform.ridge == 0.0
+    assert torch.equal(transform.factor, torch.linalg.cholesky(C))
+    L = torch.linalg.cholesky(C)
+    assert transform.condition == pytest.approx(float(L.diagonal().square().min() / C.diagonal().max()), rel=1e-15)
+
+
+def test_near_zero_pivots_fall_back_to_a_floored_eigendecomposition():
+    n, k = 24, 22  # k past the 21 informative directions: the basis must reach into the near-null space
+    eigenvalues = torch.logspace(0, -3, n, dtype=torch.float64)
+    eigenvalues[-3:] = 1e-16  # numerically singular, yet Cholesky "succeeds" with rounding-noise pivots
+    C, Q = _spectrum_covariance(n, eigenvalues, seed=39)
+    plain = torch.linalg.cholesky_ex(C)
+    assert int(plain.info) == 0  # what was accepted before: a factor with rounding-noise pivots
+    transform = whitening(C, "L0:q")
+    assert transform.factorisation == "eigh"
+    assert transform.condition < n * torch.finfo(torch.float64).eps
+    assert transform.floored == 3
+    W = torch.randn(30, n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    fit = fit_group([W], k, transform)
+    # independent reference: the same fit under the floored covariance, through its own Cholesky factor
+    floored = (Q * eigenvalues.clamp_min(1e-10 * float(eigenvalues.max()))) @ Q.T
+    reference = fit_group([W], k, Transform(torch.linalg.cholesky(floored)))
+    assert torch.allclose(fit.A[0] @ fit.B.T, reference.A[0] @ reference.B.T, rtol=1e-6, atol=1e-6)
+    before = fit_group([W], k, Transform(plain.L))  # the factor accepted before: B of order 1/pivot ~ 5e7
+    assert float(fit.B.abs().max()) < 1e5 < float(before.B.abs().max())
+
+
+def test_solve_covariance_inverts_c_for_both_factorisations():
+    n = 12
+    Y = torch.randn(n, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    well, _ = _spectrum_covariance(n, torch.linspace(1.0, 2.0, n, dtype=torch.float64), seed=1)
+    assert torch.allclose(whitening(well).solve_covariance(Y), torch.linalg.solve(well, Y), atol=1e-12)
+    eigenvalues = torch.linspace(1.0, 2.0, n, dtype=torch.float64)
+    eigenvalues[0] = 1e-19
+    bad, Q = _spectrum_covariance(n, eigenvalues, seed=2)
+    transform = whitening(bad)
+    assert transform.factorisation == "eigh"
+    floored = (Q * eigenvalues.clamp_min(2e-10)) @ Q.T
+    assert torch.allclose(transform.solve_covariance(Y), torch.linalg.solve(floored, Y), rtol=1e-6)
+
+
+def test_whitening_keeps_the_dtype_and_device_of_c():
+    X = anisotropic_inputs(100, 8).to(torch.float32)
+    transform = whitening(X.T @ X)
+    assert transform.factor.dtype == torch.float32 and transform.factor.device == X.device
+    eigenvalues = torch.linspace(1.0, 2.0, 8, dtype=torch.float64)
+    eigenvalues[0] = 1e-19
+    bad, _ = _spectrum_covariance(8, eigenvalues, seed=4)
+    fallback = whitening(bad.to(torch.float32))
+    assert fallback.factor.dtype == torch.float32
