@@ -30,7 +30,7 @@ from ngc.checkpoint.manifest import FORMAT_VERSION, MANIFEST, QUANT_METHOD, Chec
 from ngc.checkpoint.shards import ALIASES_KEY, canonical_tensors
 from ngc.checkpoint.structure import Structure, structure_from_quantization_config
 from ngc.checkpoint.tensors import check_stored, left_on_meta, read_stored
-from ngc.modules.factorized import FactorizedLinear
+from ngc.modules.factorized import FactorizedLinear, GroupBasis
 
 
 class NgcConfig(QuantizationConfigMixin):
@@ -86,11 +86,12 @@ class NgcHfQuantizer(HfQuantizer):
             if isinstance(module, FactorizedLinear) and module.output_index is not None
         }
         _, aliases = canonical_tensors(model)
-        if folder is not None:
-            check_stored(model, read_stored(folder), source, frozenset({structure.guard} - {None}))
         tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
+        if folder is not None:
+            check_stored(model, read_stored(folder), source, frozenset({structure.guard} - {None}), tied)
         tied.update(aliases)
         model.all_tied_weights_keys = tied
+        _skip_initialisation(model)
         if structure.guard is not None:
             ignored = set(model._keys_to_ignore_on_load_unexpected or ())
             model._keys_to_ignore_on_load_unexpected = ignored | {f"^{re.escape(structure.guard)}$"}
@@ -129,6 +130,15 @@ class NgcHfQuantizer(HfQuantizer):
         return True
 
 
+def _skip_initialisation(model: Any) -> None:
+    """Mark the factorised modules and their parents initialised: every tensor of theirs is in the files (checked),
+    and a family's ``_init_weights`` would look for the dense ``weight`` of their children (GPT-2's ``c_proj``)."""
+    for module in model.modules():
+        children = list(module.children())
+        if isinstance(module, (FactorizedLinear, GroupBasis)) or any(isinstance(c, FactorizedLinear) for c in children):
+            module._is_hf_initialized = True
+
+
 def register() -> None:
     """Register :class:`NgcConfig` and :class:`NgcHfQuantizer` under ``quant_method="ngc"`` (idempotent)."""
     from transformers.quantizers import auto
@@ -153,3 +163,12 @@ class UnsupportedTransformersError(CheckpointError):
             "ngc checkpoints",
             hint="load them with ngc.load(path), or install a transformers with custom quantizers (>= 4.47)",
         )
+
+
+def _register_on_import() -> None:
+    from ngc.checkpoint.hook import register_now
+
+    register_now()
+
+
+_register_on_import()

@@ -18,6 +18,9 @@ TARGET = "transformers.quantizers.auto"
 
 def register_now() -> None:
     """Register, or warn once (never raise: transformers must stay importable) when this transformers cannot."""
+    partial = sys.modules.get("ngc.checkpoint.hf")
+    if partial is not None and not hasattr(partial, "UnsupportedTransformersError"):
+        return  # ngc.checkpoint.hf is being imported (and imported transformers): it registers when it is done
     from ngc.checkpoint.hf import UnsupportedTransformersError, register
 
     try:

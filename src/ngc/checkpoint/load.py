@@ -1,9 +1,12 @@
 """Load a checkpoint folder: read its structure, build it on the meta device, load the weights strictly.
 
-The dense model is never allocated: the skeleton is built under accelerate's ``init_empty_weights`` (parameters on
-meta, buffers such as rotary ``inv_freq`` real), its dense modules are swapped for the factorised ones on meta, and
-the stored tensors are read file by file into place. Formats 1 (one ``model.safetensors``, structure in
-``ngc.json`` only) and 2 (sharded, ``config.json`` names ngc) both load here.
+The dense model is never allocated: the skeleton is built under ``torch.device("meta")``, its dense modules are
+swapped for the factorised ones on meta, the stored tensors are read file by file into place, and the buffers
+that are not stored (rotary ``inv_freq``, embedding scales) are computed by the family's own ``_init_weights``, as
+transformers' ``from_pretrained`` does. (accelerate's ``init_empty_weights`` keeps buffers real but creates every
+parameter on the CPU before moving it to meta: one dense matrix at a time would still be allocated.)
+Formats 1 (one ``model.safetensors``, structure in ``ngc.json`` only) and 2 (sharded, ``config.json`` names
+ngc) both load here.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ngc.arch import arch_spec
@@ -36,8 +40,6 @@ def stored_dtype(structure: Structure, config: Any) -> str:
 
 def build_empty(folder: Path, dtype: str | None) -> tuple[PreTrainedModel, Structure]:
     """The compressed structure of ``folder`` on the meta device (buffers real), checked against its files."""
-    from accelerate import init_empty_weights
-
     require_checkpoint(folder)
     structure = read_structure(folder)
     config = AutoConfig.from_pretrained(folder)
@@ -49,13 +51,13 @@ def build_empty(folder: Path, dtype: str | None) -> tuple[PreTrainedModel, Struc
     if record is not None:  # the structure is built here; the built model is a plain one with ngc modules
         del config.quantization_config
     stored = read_stored(folder)  # headers first: a missing or damaged file is refused before any building
-    with init_empty_weights():
+    with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-    model.tie_weights()  # accelerate's meta context re-creates each parameter it registers, which unties them
     build_structure(model, structure)
     ignore = frozenset({structure.guard} - {None})
     check_stored(model, stored, structure.source, ignore)
     load_stored(model, stored, torch_dtype)
+    compute_buffers(model)
     left = left_on_meta(model)
     if left:
         raise CheckpointError(
@@ -65,6 +67,21 @@ def build_empty(folder: Path, dtype: str | None) -> tuple[PreTrainedModel, Struc
         model, record or quantization_config(structure.groups, structure.ranks, guard_name(structure.groups))
     )
     return model, structure
+
+
+def compute_buffers(model: PreTrainedModel) -> None:
+    """Give every buffer still on meta its value, computed by the family's ``_init_weights`` (parameters, all
+    loaded, are marked so that it leaves them alone)."""
+    for module in model.modules():
+        names = [n for n, b in module._buffers.items() if b is not None and b.device.type == "meta"]
+        if not names:
+            continue
+        for name in names:
+            module._buffers[name] = torch.empty_like(module._buffers[name], device="cpu")
+        for tensor in module.parameters(recurse=False):
+            tensor._is_hf_initialized = True
+        with torch.no_grad():
+            model._init_weights(module)
 
 
 def _attach_quantizer(model: PreTrainedModel, record: dict[str, Any]) -> None:

@@ -163,6 +163,7 @@ def save(
     dtype: torch.dtype | str | None = None,
     force: bool = False,
     tokenizer: Any = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
 ) -> Path:
     """Save a model that :func:`ngc.compress` returned (its record travels as ``model.ngc_compression``).
 
@@ -180,4 +181,4 @@ def save(
         from ngc.models.load import parse_dtype
 
         dtype = parse_dtype(dtype)
-    return save_checkpoint(model, tokenizer, folder, result, dtype=dtype, force=force)
+    return save_checkpoint(model, tokenizer, folder, result, dtype=dtype, force=force, max_shard_bytes=max_shard_bytes)

@@ -121,10 +121,21 @@ def _read_header(path: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[dict[s
     return aliases, names
 
 
-def check_stored(model: nn.Module, stored: StoredTensors, source: str, ignore: frozenset[str] = frozenset()) -> None:
+def check_stored(
+    model: nn.Module,
+    stored: StoredTensors,
+    source: str,
+    ignore: frozenset[str] = frozenset(),
+    tied: Mapping[str, str] | None = None,
+) -> None:
     """Every tensor of ``model`` (rebuilt on meta) stored once with its shape, nothing else (but ``ignore``), and
-    the recorded aliases equal to the model's sharing."""
+    the recorded aliases equal to the model's sharing; ``tied`` (``{target: source}``) names ties that the model
+    will make later (transformers ties embeddings after loading)."""
     expected, expected_aliases = canonical_tensors(model)
+    for target, origin in (tied or {}).items():
+        if target in expected and origin != target:
+            expected.pop(target)
+            expected_aliases[target] = expected_aliases.get(origin, origin)
     names = set(stored.files) - ignore
     missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
     if missing or extra:
