@@ -52,3 +52,7 @@ class DataFormatError(NgcError, ValueError):
 
 class OutputError(NgcError, OSError):
     """An output path that cannot be written: no permission, or another ngc run is writing it."""
+
+
+class EvaluationError(NgcError, RuntimeError):
+    """An evaluation whose result is incomplete (e.g. a metric the harness did not report)."""

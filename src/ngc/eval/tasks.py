@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ngc.errors import DataNotFoundError, UsageError
+from ngc.errors import DataNotFoundError, EvaluationError, UsageError
 from ngc.settings import DATA_DIR_ENV
 
 
@@ -259,20 +259,38 @@ def evaluate_tasks(
             torch_random_seed=seed,
             fewshot_random_seed=seed,
         )
-    results = []
-    for source in sources:
-        row = output["results"][source.name]
-        n_samples = output.get("n-samples", {}).get(source.name, {})
-        examples = _examples(output["samples"][source.name], source)
-        results.append(
-            TaskResult(
-                task=source.name,
-                acc=_score(row, source.metric, source.filter) or 0.0,
-                acc_norm=_score(row, "acc_norm", source.filter),
-                n=int(n_samples.get("effective", len(examples))),
-                acc_stderr=_score(row, f"{source.metric}_stderr", source.filter),
-                metric=source.metric if source.filter == "none" else f"{source.metric} ({source.filter})",
-                examples=examples,
-            )
+    return [task_result(source, output) for source in sources]
+
+
+def _required_score(row: dict[str, Any], source: TaskSource) -> float:
+    """The task's headline metric; a missing one is an error, never a score of 0."""
+    value = _score(row, source.metric, source.filter)
+    if value is None:
+        key = f"{source.metric},{source.filter}"
+        present = ", ".join(sorted(k for k in row if "," in k)) or "none"
+        raise EvaluationError(
+            f"lm-evaluation-harness reported no {key!r} for task {source.name} (metrics present: {present})",
+            hint="the installed lm-eval may define this task differently; check its version (`pip show lm-eval`)",
         )
-    return results
+    return value
+
+
+def task_result(source: TaskSource, output: dict[str, Any]) -> TaskResult:
+    """One task's result from the harness' ``simple_evaluate`` output."""
+    row = output["results"].get(source.name)
+    if row is None:
+        raise EvaluationError(
+            f"lm-evaluation-harness returned no results for task {source.name}",
+            hint="check the task's data files and the installed lm-eval version",
+        )
+    n_samples = output.get("n-samples", {}).get(source.name, {})
+    examples = _examples(output.get("samples", {}).get(source.name, []), source)
+    return TaskResult(
+        task=source.name,
+        acc=_required_score(row, source),
+        acc_norm=_score(row, "acc_norm", source.filter),
+        n=int(n_samples.get("effective", len(examples))),
+        acc_stderr=_score(row, f"{source.metric}_stderr", source.filter),
+        metric=source.metric if source.filter == "none" else f"{source.metric} ({source.filter})",
+        examples=examples,
+    )

@@ -9,8 +9,8 @@ import pytest
 from tests.task_items import ITEMS
 
 from ngc.cli import main as cli
-from ngc.errors import DataNotFoundError, UsageError
-from ngc.eval.tasks import TASKS, evaluate_tasks, parse_tasks, task_config
+from ngc.errors import DataNotFoundError, EvaluationError, UsageError
+from ngc.eval.tasks import TASKS, evaluate_tasks, parse_tasks, task_config, task_result
 from ngc.models.tiny import build_tiny_model, build_tiny_tokenizer
 
 pytest.importorskip("lm_eval")
@@ -74,3 +74,21 @@ def test_eval_command_writes_tasks_json_and_samples(capsys, tmp_path, tiny_folde
     assert cli.run(["eval", str(tiny_folders["llama"]), "--tasks", "gsm8k", "--data-dir", str(task_data_dir)]) == 1
     err = capsys.readouterr().err
     assert "gsm8k/test.jsonl does not exist" in err and "Traceback" not in err
+
+
+def _harness_output(task: str, row: dict) -> dict:
+    sample = {"doc_id": 0, "arguments": [["Q:", " a"], ["Q:", " b"]], "target": 1, "acc": 0.0, "filter": "none"}
+    return {"results": {task: row}, "n-samples": {task: {"effective": 1}}, "samples": {task: [sample]}}
+
+
+@pytest.mark.parametrize("row", [{"alias": "piqa"}, {"acc,none": "N/A"}, {"acc_norm,none": 0.5}])
+def test_a_missing_metric_is_an_error_not_accuracy_zero(row):
+    with pytest.raises(EvaluationError, match="no 'acc,none' for task piqa"):
+        task_result(TASKS["piqa"], _harness_output("piqa", row))
+
+
+def test_a_reported_zero_stays_zero_and_absent_task_is_an_error():
+    result = task_result(TASKS["piqa"], _harness_output("piqa", {"acc,none": 0.0, "acc_stderr,none": 0.0}))
+    assert result.acc == 0.0 and result.n == 1 and result.examples[0].gold == " b"
+    with pytest.raises(EvaluationError, match="no results for task piqa"):
+        task_result(TASKS["piqa"], {"results": {}})
