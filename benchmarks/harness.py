@@ -145,6 +145,7 @@ def main() -> None:
     if args.only:
         keep = set(args.only.split(","))
         wanted = [(label, ratio) for label, ratio in wanted if f"{label}@{ratio}" in keep]
+    refuse_changed_cells(results["cells"], spec, path)
     pending = [(label, ratio) for label, ratio in wanted if f"{label}@{ratio}" not in results["cells"]]
     if pending:
         c = spec.calibration
@@ -178,6 +179,27 @@ def main() -> None:
         print(f"{key}: {summary(cell)}", flush=True)
         del model
     report(results, out)
+
+
+def cell_matches(cell: dict[str, Any], settings: dict[str, Any], ratio: float) -> bool:
+    """Whether a finished cell was made with the settings its label has now (every key the spec sets)."""
+    expected = CompressionConfig(**settings, ratio=ratio).to_dict()
+    stored = cell.get("config", {})
+    return all(stored.get(key) == expected[key] for key in (*settings, "method", "ratio"))
+
+
+def refuse_changed_cells(cells: dict[str, dict[str, Any]], spec: Spec, path: Path) -> None:
+    """A label whose settings changed must not reuse the cell made under its old settings."""
+    changed = [
+        key
+        for key, cell in cells.items()
+        if cell.get("label") in spec.cells and not cell_matches(cell, spec.cells[cell["label"]], cell["ratio"])
+    ]
+    if changed:
+        raise SystemExit(
+            f"{path}: cell(s) {', '.join(changed)} were made with other settings than the spec now gives their "
+            "label; delete them from the file or give the changed settings a new label"
+        )
 
 
 def summary(row: dict[str, Any]) -> str:

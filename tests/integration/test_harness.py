@@ -65,3 +65,18 @@ cells:
     spec.write_text(spec.read_text().replace("windows: 2", "windows: 3"), encoding="utf-8")
     with pytest.raises(SystemExit, match="other settings"):
         harness.main()
+
+
+def test_a_finished_cell_is_not_reused_when_its_label_changed_settings(tmp_path):
+    harness = _harness()
+    spec = harness.Spec(name="t", model="m", ratios=[0.3], cells={"ngc": {"method": "ngc", "topology": "intra"}})
+    config = harness.CompressionConfig(method="ngc", topology="intra", ratio=0.3).to_dict()
+    cells = {"ngc@0.3": {"label": "ngc", "ratio": 0.3, "config": config}}
+    harness.refuse_changed_cells(cells, spec, tmp_path / "results.json")  # same settings: reused
+    spec.cells["ngc"]["topology"] = "intra-cross-2"
+    with pytest.raises(SystemExit, match="ngc@0.3 were made with other settings"):
+        harness.refuse_changed_cells(cells, spec, tmp_path / "results.json")
+    spec.cells["ngc"] = {"method": "ngc", "topology": "intra", "sequential": False}  # default changed explicitly
+    assert config["sequential"] is not False
+    with pytest.raises(SystemExit, match="other settings"):
+        harness.refuse_changed_cells(cells, spec, tmp_path / "results.json")
