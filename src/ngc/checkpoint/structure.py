@@ -102,6 +102,33 @@ def read_structure(folder: Path) -> Structure:
     return Structure(groups, ranks, str(folder / MANIFEST), guard, manifest)
 
 
+def check_widths(model: nn.Module, structure: Structure) -> None:
+    """The dense modules that config.json builds have the widths the group records name."""
+    from ngc.arch import arch_spec
+
+    conv1d = arch_spec(model).conv1d
+    rows: dict[str, tuple[int, int]] = {}
+    for group in structure.groups:
+        for member in group.members:
+            m, n = rows.get(member.module, (0, member.n))
+            rows[member.module] = (m + member.m, n)
+    for name, (m, n) in rows.items():
+        try:
+            weight = model.get_submodule(name).weight
+        except AttributeError as exc:
+            raise CheckpointError(
+                f"the model that config.json describes has no module {name}, which {structure.source} compresses",
+                hint="keep the config.json written with the checkpoint",
+            ) from exc
+        n_in, m_out = (weight.shape[0], weight.shape[1]) if conv1d else (weight.shape[1], weight.shape[0])
+        if (m_out, n_in) != (m, n):
+            raise CheckpointError(
+                f"config.json gives {name} the shape {m_out} x {n_in}, the group records in {structure.source} "
+                f"{m} x {n}",
+                hint="config.json does not describe these weights; keep the config.json written with the checkpoint",
+            )
+
+
 def build_structure(model: nn.Module, structure: Structure) -> None:
     """Swap the model's dense modules (on meta) for the factorised ones the records describe.
 
@@ -112,6 +139,7 @@ def build_structure(model: nn.Module, structure: Structure) -> None:
     from ngc.modules.swap import factorize
     from ngc.topology.blocks import output_order
 
+    check_widths(model, structure)
     try:
         with torch.device("cpu"):  # the caller may build inside a meta-device context
             fused = {m.module for g in structure.groups for m in g.members}
