@@ -30,6 +30,12 @@ from ngc.eval.perplexity import token_perplexity
 from ngc.models.load import load_model
 
 
+def same_settings(cell: dict, fields: dict, ratio: float) -> bool:
+    """Whether a finished cell was made with the settings its label has now (every key the cell sets)."""
+    expected = CompressionConfig(**fields, ratio=ratio).to_dict()
+    return all(cell.get("config", {}).get(key) == expected[key] for key in (*fields, "method", "ratio"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -91,6 +97,11 @@ def main() -> None:
         for ratio in ratios:
             key = f"{label}@{ratio}"
             if key in results["cells"]:
+                if not same_settings(results["cells"][key], fields, ratio):
+                    raise SystemExit(
+                        f"{args.out}: cell {key} was made with other settings than --cell now gives {label}; "
+                        "delete it from the file or give the changed settings a new label"
+                    )
                 continue
             model = copy.deepcopy(loaded.model)
             config = CompressionConfig(**fields, ratio=ratio)

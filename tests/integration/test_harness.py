@@ -80,3 +80,13 @@ def test_a_finished_cell_is_not_reused_when_its_label_changed_settings(tmp_path)
     assert config["sequential"] is not False
     with pytest.raises(SystemExit, match="other settings"):
         harness.refuse_changed_cells(cells, spec, tmp_path / "results.json")
+
+
+def test_compare_refuses_a_cell_made_with_other_settings():
+    spec = importlib.util.spec_from_file_location("compare", HARNESS.parent / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    config = compare.CompressionConfig(method="ngc", topology="intra", ratio=0.3).to_dict()
+    assert compare.same_settings({"config": config}, {"method": "ngc", "topology": "intra"}, 0.3)
+    assert not compare.same_settings({"config": config}, {"method": "ngc", "topology": "intra-cross-2"}, 0.3)
+    assert not compare.same_settings({"config": config}, {"method": "ngc", "topology": "intra"}, 0.5)
