@@ -11,6 +11,7 @@ ngc) both load here.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,20 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ngc.arch import arch_spec
-from ngc.checkpoint.manifest import CheckpointError, check_manifest, guard_name, is_checkpoint, quantization_config
+from ngc.checkpoint.manifest import (
+    MANIFEST,
+    CheckpointError,
+    check_manifest,
+    guard_name,
+    is_checkpoint,
+    quantization_config,
+)
 from ngc.checkpoint.structure import Structure, build_structure, ngc_quantization_config, read_structure
 from ngc.checkpoint.tensors import check_stored, left_on_meta, load_stored, read_stored
 from ngc.errors import UsageError
 from ngc.models.load import LoadedModel, load_model, parse_dtype
+
+_FACTOR = re.compile(r"\.bases\.\d+\.B$|\.A\.\d+$")
 
 
 def require_checkpoint(folder: Path) -> None:
@@ -179,6 +189,22 @@ def is_ngc_folder(path: Path) -> bool:
     except CheckpointError:
         return False
     return config is not None and ngc_quantization_config(config) is not None
+
+
+def refuse_orphan_factors(folder: Path) -> None:
+    """A folder whose weights hold factorised tensors (``.bases.0.B``) but no ngc records is a damaged checkpoint:
+    transformers would build the dense model and fill it at random."""
+    try:
+        names = list(read_stored(folder).files)
+    except CheckpointError:
+        return  # not safetensors weights of ours: transformers reports its own problem
+    factors = [name for name in names if _FACTOR.search(name)]
+    if factors:
+        raise CheckpointError(
+            f"{folder} holds factorised tensors (e.g. {factors[0]}) but neither {MANIFEST} nor an ngc "
+            "quantization_config in config.json, so its structure cannot be rebuilt",
+            hint=f"restore {MANIFEST} (or config.json) from the folder `ngc compress` wrote, or compress again",
+        )
 
 
 def load_any(name: str, *, dtype: str = "float32", device: str = "cpu", cache: str | Path | None = None) -> LoadedModel:

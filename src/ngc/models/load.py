@@ -121,10 +121,20 @@ def load_model(
     device: str = "cpu",
     cache: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
-    """Load ``name`` (alias, folder, .gguf, hub id) for evaluation, in eval mode on ``device``."""
+    """Load ``name`` (alias, folder, .gguf, hub id) for evaluation, in eval mode on ``device``.
+
+    An ngc checkpoint folder loads as the compressed model (:func:`ngc.checkpoint.load.load_checkpoint`); a folder
+    holding factorised tensors without the records that rebuild them is refused.
+    """
     torch_dtype = parse_dtype(dtype)
     start = time.perf_counter()
     where, from_hub = resolve_model(name, cache_dir(cache))
+    if not from_hub:
+        from ngc.checkpoint.load import is_ngc_folder, load_checkpoint, refuse_orphan_factors
+
+        if is_ngc_folder(Path(where)):
+            return load_checkpoint(where, dtype=dtype, device=device)
+        refuse_orphan_factors(Path(where))
     if from_hub and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise ModelNotFoundError(
             f"{name!r} is a hub id, and HF_HUB_OFFLINE is set",

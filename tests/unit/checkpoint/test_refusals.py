@@ -171,3 +171,20 @@ def test_a_device_map_that_cannot_hold_the_model_is_refused(single):
 def test_save_refuses_a_model_without_a_compression_record(tmp_path):
     with pytest.raises(UsageError, match="no compression record"):
         ngc.save(build_tiny_model("llama"), tmp_path / "x")
+
+
+def test_load_model_of_a_checkpoint_folder_is_the_compressed_model(model, single):
+    from ngc.models.load import load_model
+
+    loaded = load_model(str(single))
+    assert torch.equal(logits(loaded.model), logits(model))
+
+
+def test_load_model_refuses_factorised_tensors_without_their_records(single):
+    from ngc.models.load import load_model
+
+    (single / "ngc.json").unlink()
+    edit_json(single / "config.json", lambda c: c.pop("quantization_config"))
+    with pytest.raises(CheckpointError, match="holds factorised tensors") as info:
+        load_model(str(single))
+    assert "ngc.json" in info.value.hint
