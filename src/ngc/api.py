@@ -66,6 +66,7 @@ class CompressionResult:
     decisions: dict[str, str] = field(default_factory=dict)  # auto topology: unit -> chosen family
     distill: dict[str, Any] | None = None
     base_model: dict[str, Any] | None = None  # what the dense model was: name, weights_sha256, config signature
+    pipeline: dict[str, Any] = field(default_factory=dict)  # where it ran: source kind, device, batch, precision
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +82,7 @@ class CompressionResult:
             "distill": self.distill,
             "decisions": self.decisions,
             "base_model": self.base_model,
+            "pipeline": self.pipeline,
         }
 
 
@@ -224,13 +226,19 @@ def compress_source(
             hint="load the model with ngc.load_model and call ngc.compress, or drop those options",
         )
     result = CompressionResult(config, account(model), [], calibration_info(calibration, world), groups, ranks)
-    result.base_model = {"weights_sha256": source.base_sha256()} if world.is_main else None
+    result.pipeline = {
+        "source": "memory" if whole else "folder",
+        "device": str(options.device),
+        "batch_size": options.batch_size,
+        "precision": options.stats().precision,
+    }
     fisher = _fisher(model, method, windows, stats, members, result)
     teacher = copy.deepcopy(model) if config.refine == "distill" else None
     groups, ranks, stats = _auto_structure(
         model, method, members, groups, ranks, stats, fisher, config, result, calibration
     )
     fitter = GroupFitter(model, method, groups, ranks, config, fisher, world)
+    dense_sha256 = source.base_sha256() if whole and world.is_main else None
     uses_data = method.needs_moments or config.refine == "local"
     start = time.perf_counter()
     run_pipeline(
@@ -244,6 +252,8 @@ def compress_source(
         sink,
     )
     total = time.perf_counter() - start
+    # the dense weights' hash: of the model before it changes; of a folder once every layer was read
+    result.base_model = {"weights_sha256": dense_sha256 or source.base_sha256()}
     if fitter.pending:
         raise RuntimeError(f"groups left unfitted: {[g.id for g in fitter.pending]}")
     result.fit_seconds += fitter.seconds

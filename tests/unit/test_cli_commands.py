@@ -75,7 +75,9 @@ def test_compress_writes_a_checkpoint_that_eval_loads(capsys, tmp_path, tiny_fol
         "n_windows": 4,
         "window_len": 32,
         "seed": 0,
+        "world_size": 1,
     }
+    assert payload["pipeline"]["source"] == "folder"  # a local folder is streamed layer by layer into the checkpoint
     assert {g["id"] for g in payload["groups"]} >= {"L0-1:q", "L0:o", "L1:down"}
     manifest = json.loads((out / "ngc.json").read_text())
     assert manifest["accounting"]["decoder_linear_params_kept"] == payload["accounting"]["decoder_linear_params_kept"]

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ngc.arch import ROLES
 from ngc.cli.eval_cmd import _check_json_target
@@ -102,6 +101,35 @@ def compress_command(
         str | None, typer.Option(metavar="DTYPE", help="Dtype of the saved weights (default: --dtype).")
     ] = None,
     device: Device = "cpu",
+    stream: Annotated[
+        bool | None,
+        typer.Option(
+            "--stream/--no-stream",
+            help="Read a local model folder layer by layer from its safetensors shards and write the checkpoint "
+            "layer by layer, never holding the whole model (default: whenever the options allow; FWSVD, "
+            "distillation and auto allocation/topology load the whole model).",
+            show_default=False,
+        ),
+    ] = None,
+    calib_batch: Annotated[
+        int, typer.Option(metavar="B", help="Calibration windows per forward pass (larger is faster on a GPU).")
+    ] = 1,
+    stats_precision: Annotated[
+        str | None,
+        typer.Option(
+            metavar="float64|float32",
+            help="Precision of the per-batch products of the calibration moments (always summed in float64). "
+            "Default: float64 on the CPU, float32 on a GPU.",
+        ),
+    ] = None,
+    hidden_on: Annotated[
+        str,
+        typer.Option(
+            metavar="auto|device|host",
+            help="Where the calibration hidden states wait between layers (auto: the device when they take at "
+            "most half of its free memory).",
+        ),
+    ] = "auto",
     data_dir: DataDir = None,
     cache: CacheDir = None,
 ) -> None:
@@ -118,24 +146,17 @@ def compress_command(
       ngc compress smollm2-135m --method ngc --topology intra --ratio 0.3 --dry-run
       ngc compress smollm2-135m --method ngc --topology intra --alloc auto --sequential --ratio 0.3 --out smol-ngc
     """
-    from ngc.api import compress, plan
-    from ngc.atomic import write_json_atomic
-    from ngc.checkpoint.load import load_any as load
-    from ngc.checkpoint.manifest import base_identity, is_checkpoint
-    from ngc.checkpoint.save import check_target, save_checkpoint
+    from ngc.checkpoint.manifest import is_checkpoint
+    from ngc.checkpoint.save import check_target
+    from ngc.cli.compress_run import CompressJob, check_pipeline_options, run_compression
     from ngc.config import CalibConfig, CompressionConfig
     from ngc.data.windows import (
-        CalibrationWindows,
         calibration_text,
         check_calibration_request,
-        check_window_len,
-        sample_windows,
-        tokenize_text,
     )
     from ngc.errors import UsageError
     from ngc.fit.methods import get_method
     from ngc.models.load import parse_dtype
-    from ngc.reports.tables import accounting_table, groups_table, stdout_console
     from ngc.topology.blocks import parse_roles
 
     # Everything that needs no model is checked first: flags, output paths, calibration data.
@@ -163,67 +184,29 @@ def compress_command(
         check_target(out, force, inputs=input_paths(model))
     if Path(model).expanduser().is_dir() and is_checkpoint(Path(model).expanduser()):
         raise UsageError(f"{model} is already a compressed checkpoint", hint="compress the original dense model")
-    needs_data = get_method(method).needs_moments or get_method(method).needs_fisher
+    needs_data = get_method(method).needs_moments or get_method(method).needs_fisher or refine != "none"
+    check_pipeline_options(calib_batch, stats_precision, hidden_on)
     text = calibration_text(calib_config.source, data_dir) if needs_data and not dry_run else None
     if text is not None:
         check_calibration_request(calib_config.n_windows, calib_config.window_len, text.text)
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    console = Console(stderr=True)
-    with console.status(f"loading {model} ..."):
-        loaded = load(model, dtype=dtype, device=device, cache=cache)
-    console.print(f"loaded {model} ({loaded.spec.family}, {loaded.dtype}) in {loaded.load_seconds:.1f} s")
-    if text is not None:
-        check_window_len(calib_config.window_len, loaded.context_len)
-    method_spec, _members, groups, ranks = plan(loaded.model, config)
-    if dry_run:
-        from ngc.accounting import GroupRank
-
-        planned = [
-            GroupRank(
-                g.id,
-                ranks[g.id],
-                g.n,
-                tuple(f"{m.module}:{m.role}" for m in g.members),
-                g.dense_params,
-                g.params_at_rank(ranks[g.id]),
-            )
-            for g in groups
-        ]
-        kept = sum(g.kept_params for g in planned)
-        dense = sum(g.dense_params for g in planned)
-        stdout_console().print(groups_table(planned, title=f"plan: {method} at R = {ratio} on {model}"))
-        if config.alloc != "uniform":
-            console.print("ranks shown are uniform; auto allocation moves them after calibration, same total")
-        console.print(
-            f"{len(groups)} groups; compressed blocks keep {kept:,} of {dense:,} weights "
-            f"({1 - kept / dense:.4f} removed)"
+    run_compression(
+        CompressJob(
+            model=model,
+            config=config,
+            calib=calib_config,
+            text=text,
+            out=out,
+            json_out=json_out,
+            dtype=dtype,
+            save_dtype=stored_dtype,
+            device=device,
+            cache=cache,
+            force=force,
+            dry_run=dry_run,
+            stream=stream,
+            batch_size=calib_batch,
+            precision=stats_precision,
+            hidden_on=hidden_on,
         )
-        return
-
-    calibration = None
-    if text is not None:
-        tokens = tokenize_text(loaded.tokenizer, text.text)
-        windows = sample_windows(tokens, calib_config.n_windows, calib_config.window_len, seed, loaded.bos_token_id)
-        calibration = CalibrationWindows(windows, text.name, text.split, seed)
-    with console.status("hashing the dense weights ..."):
-        base = base_identity(loaded.model, model)
-    result = compress(loaded.model, config, calibration)
-    console.print(f"calibration {result.calibration_seconds:.1f} s, fitting {result.fit_seconds:.1f} s")
-    stdout_console().print(accounting_table(result.accounting, title=f"{method} at R = {ratio} on {model}"))
-    assert out is not None
-    save_checkpoint(
-        loaded.model,
-        loaded.tokenizer,
-        out,
-        result,
-        base | {"folder": str(loaded.folder) if loaded.folder else None},
-        dtype=stored_dtype,
-        force=force,
     )
-    console.print(f"wrote {out}")
-    if json_out is not None:
-        write_json_atomic(json_out, result.to_dict() | {"out": str(out)})
-        console.print(f"wrote {json_out}")

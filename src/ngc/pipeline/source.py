@@ -164,22 +164,28 @@ def _file_names(path: Path) -> list[str]:
         raise ModelNotFoundError(f"{path} cannot be read: {exc}", hint="the file is damaged or truncated") from exc
 
 
+def skeleton(folder: str | Path, dtype: torch.dtype) -> nn.Module:
+    """The model ``folder/config.json`` describes, on the meta device (buffers such as rotary ``inv_freq`` real),
+    with tied weights tied: its structure and shapes, no weights."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder)
+    arch_spec(config)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()
+    return model.eval()
+
+
 class FolderSource:
     """Layers read from a Hugging Face folder's safetensors shards, one at a time, onto ``device``."""
 
     def __init__(self, folder: str | Path, *, dtype: torch.dtype, device: torch.device | str) -> None:
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
-
         self.folder = Path(folder)
         self.device = torch.device(device)
         self.dtype = dtype
-        config = AutoConfig.from_pretrained(self.folder)
-        arch_spec(config)
-        with init_empty_weights():  # parameters on meta; buffers (rotary inv_freq) real
-            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        self.model.tie_weights()
-        self.model.eval()
+        self.model = skeleton(self.folder, dtype)
         self.files = _model_names(self.model, read_index(self.folder))
         self.digest = WeightsDigest()
         self._ties = {name: names for names in _tied_names(self.model) for name in names}
