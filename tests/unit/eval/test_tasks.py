@@ -58,6 +58,29 @@ def test_task_names_and_missing_data_are_clear_errors(task_data_dir):
         task_config(TASKS["piqa"], None)
 
 
+def _arc_easy_correct(folder: Path, n: int) -> list[bool]:
+    """Independent of lm-eval: score each choice of the first ``n`` items with transformers, as the harness'
+    arc_easy prompt reads (``Question: ...\nAnswer:`` + `` choice``), and compare the best with the key."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+    def loglikelihood(context: str, continuation: str) -> float:
+        start = len(tokenizer(context, add_special_tokens=False).input_ids)
+        whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=torch.tensor([whole])).logits[0], -1)
+        return sum(logprobs[i - 1, whole[i]].item() for i in range(start, len(whole)))
+
+    correct = []
+    for row in ITEMS["arc_easy"][1][:n]:
+        context = f"Question: {row['question']}\nAnswer:"
+        scores = [loglikelihood(context, " " + text) for text in row["choices"]["text"]]
+        correct.append(scores.index(max(scores)) == row["choices"]["label"].index(row["answerKey"]))
+    return correct
+
+
 def test_eval_command_writes_tasks_json_and_samples(capsys, tmp_path, tiny_folders, task_data_dir):
     out, samples = tmp_path / "eval.json", tmp_path / "samples.jsonl"
     args = ["eval", str(tiny_folders["llama"]), "--tasks", "arc_easy,piqa", "--limit", "3"]
@@ -68,8 +91,11 @@ def test_eval_command_writes_tasks_json_and_samples(capsys, tmp_path, tiny_folde
     payload = json.loads(out.read_text())
     assert payload["ppl"] == {}  # --tasks without --ppl skips perplexity
     assert set(payload["tasks"]) == {"arc_easy", "piqa"}
-    assert payload["tasks"]["arc_easy"]["n"] == 3 and 0.0 <= payload["tasks"]["arc_easy"]["acc"] <= 1.0
+    expected = _arc_easy_correct(tiny_folders["llama"], 3)
+    assert payload["tasks"]["arc_easy"]["n"] == 3
+    assert payload["tasks"]["arc_easy"]["acc"] == pytest.approx(sum(expected) / 3, abs=1e-12)
     lines = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert [line["correct"] for line in lines if line["task"] == "arc_easy"] == expected
     assert len(lines) == 6 and {line["task"] for line in lines} == {"arc_easy", "piqa"}
     assert cli.run(["eval", str(tiny_folders["llama"]), "--tasks", "gsm8k", "--data-dir", str(task_data_dir)]) == 1
     err = capsys.readouterr().err
