@@ -6,22 +6,30 @@
 - each figure is the median of ``repeats`` timed runs after ``warmup`` untimed ones; the model and the reference
   alternate run by run, so drift in the machine's speed hits both alike;
 - the limits: prefill can gain at most the inverse of the MAC ratio (decoder linears and the LM head, from
-  :func:`ngc.accounting.account`), decode, which reads every weight per step, at most the ratio of stored bytes.
+  :func:`ngc.accounting.account`), decode, which reads every weight per step, at most the ratio of stored bytes;
+- compiled (``compile=True``): both models through the same :func:`compile_model` (one graph, inductor with
+  freezing, CUDA graphs on CUDA); decode runs its steps compiled on a static KV cache after an eager prefill into
+  it. The first call of every measurement compiles; its wall time is reported apart (``compile_seconds``) and is
+  not among the timed runs. If compiling fails, both models are measured eagerly, the result says so
+  (``compiled=False``, ``compile_error``) and one warning line names the cause.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from ngc.accounting import account
 from ngc.errors import UsageError
+from ngc.modules.factorized import GroupBasis
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,23 @@ class BenchResult:
     dtype: str
     warmup: int
     repeats: int
+    compiled: bool = False  # True only if both models ran compiled
+    compile_seconds: dict[str, float] = field(default_factory=dict)  # first calls, compilation included
+    compile_error: str | None = None  # why a requested compile fell back to eager
+    rank_alignment: int | None = None  # largest power of two (up to 128) dividing every rank; None: no factors
+
+    @property
+    def mode(self) -> str:
+        return "compiled" if self.compiled else "eager"
+
+
+def rank_alignment(model: nn.Module) -> int | None:
+    """The largest power of two, up to 128, that divides the rank of every shared basis (None without any)."""
+    ranks = {basis.rank for basis in model.modules() if isinstance(basis, GroupBasis)}
+    if not ranks:
+        return None
+    common = math.gcd(*ranks)
+    return min(common & -common, 128) if common else 128
 
 
 def _sync(device: torch.device) -> None:
@@ -117,8 +142,8 @@ def random_ids(vocab: int, batch: int, length: int, device: torch.device, seed: 
 
 
 @torch.no_grad()
-def prefill_once(model: nn.Module, ids: torch.Tensor) -> float:
-    """Seconds of one forward over ``ids`` without a KV cache."""
+def prefill_once(model: Callable[..., object], ids: torch.Tensor) -> float:
+    """Seconds of one forward of ``model`` (a module or its compiled forward) over ``ids`` without a KV cache."""
     device = ids.device
     _sync(device)
     start = time.perf_counter()
@@ -148,6 +173,92 @@ def decode_once(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> float:
     return time.perf_counter() - start
 
 
+@torch.no_grad()
+def static_decode_once(model: nn.Module, step: Callable[..., object], ids: torch.Tensor, new_tokens: int) -> float:
+    """Seconds of ``new_tokens`` greedy steps of ``step`` (``model`` compiled) on a static KV cache, after an
+    untimed eager prefill of ``ids`` into it."""
+    from transformers import StaticCache
+
+    device = ids.device
+    cache = {_cache_argument(model): StaticCache(config=model.config, max_cache_len=ids.shape[1] + new_tokens)}
+    token = model(input_ids=ids, use_cache=True, **cache).logits[:, -1:].argmax(-1)
+    graphs = device.type == "cuda"
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs may be overwritten
+        token = step(input_ids=token, use_cache=True, **cache).logits[:, -1:].argmax(-1)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def compile_options(device: torch.device) -> dict[str, object]:
+    """Inductor options of :func:`compile_model`: freezing (weights as constants, which lets inductor merge the
+    identical ``x @ B`` of the members of a basis), plus CUDA graphs on CUDA (what ``mode="reduce-overhead"``
+    sets; torch.compile takes a mode or options, not both)."""
+    import torch._inductor
+
+    options: dict[str, object] = {"freezing": True}
+    if device.type == "cuda":
+        options |= torch._inductor.list_mode_options("reduce-overhead")
+    return options
+
+
+def compile_model(model: nn.Module) -> Callable[..., object]:
+    """``model``'s forward compiled as one graph with static shapes (a shape met later compiles again)."""
+    return torch.compile(model, fullgraph=True, dynamic=False, options=compile_options(_device(model)))
+
+
+@dataclass
+class Runner:
+    """How one model is measured: eagerly, or through its compiled forward ``step``."""
+
+    model: nn.Module
+    step: Callable[..., object] | None = None
+
+    def prefill(self, ids: torch.Tensor) -> float:
+        return prefill_once(self.model if self.step is None else self.step, ids)
+
+    def decode(self, ids: torch.Tensor, new_tokens: int) -> float:
+        if self.step is None:
+            return decode_once(self.model, ids, new_tokens)
+        return static_decode_once(self.model, self.step, ids, new_tokens)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def compile_runners(
+    model: nn.Module,
+    reference: nn.Module,
+    calls: Sequence[Callable[[Runner], float]],
+    compiler: Callable[[nn.Module], Callable[..., object]] | None = None,
+) -> tuple[Runner, Runner, dict[str, float], str | None]:
+    """Compile both models and make every call of ``calls`` once on each (where compilation happens).
+
+    ``compiler`` defaults to :func:`compile_model`. Returns the runners, the seconds those first calls took, and
+    ``None``; or, if anything failed, eager runners, no seconds and the cause (after one warning line).
+    """
+    compiler = compiler or compile_model
+    try:
+        runners = Runner(model, compiler(model)), Runner(reference, compiler(reference))
+        seconds = {"model": 0.0, "reference": 0.0}
+        for call in calls:
+            for key, runner in zip(("model", "reference"), runners, strict=True):
+                start = time.perf_counter()
+                call(runner)
+                seconds[key] += time.perf_counter() - start
+    except Exception as exc:  # any compiler failure: the eager numbers are still worth having
+        torch._dynamo.reset()
+        cause = _first_line(exc)
+        warnings.warn(f"torch.compile failed ({cause}); measuring both models eagerly", RuntimeWarning, stacklevel=2)
+        return Runner(model), Runner(reference), {}, cause
+    return *runners, seconds, None
+
+
 def paired_medians(
     run_model: Callable[[], float], run_reference: Callable[[], float], warmup: int, repeats: int
 ) -> tuple[float, float]:
@@ -170,9 +281,11 @@ def benchmark(
     *,
     warmup: int = 1,
     repeats: int = 3,
+    compile: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> BenchResult:
-    """Prefill and decode speed of ``model`` and ``reference`` (same device, dtype and threads)."""
+    """Prefill and decode speed of ``model`` and ``reference`` (same device, dtype and threads), eager or both
+    compiled alike (``compile``)."""
     if repeats < 1 or warmup < 0:
         raise UsageError(f"repeats {repeats} / warmup {warmup}", hint="repeats at least 1, warmup at least 0")
     device = _device(model)
@@ -183,12 +296,20 @@ def benchmark(
     mac_ratio = mine.macs_per_token / theirs.macs_per_token
     bytes_ratio = mine.stored_bytes / theirs.stored_bytes
     model.eval(), reference.eval()
+    prefill_ids = [random_ids(vocab, shape.batch, shape.length, device) for shape in shapes]
+    decode_ids = None if decode is None else random_ids(vocab, decode.batch, decode.prompt, device, seed=1)
+    ours, ref, compile_seconds, compile_error = Runner(model), Runner(reference), {}, None
+    if compile:
+        progress("compiling both models")
+        calls: list[Callable[[Runner], float]] = [lambda r, ids=ids: r.prefill(ids) for ids in prefill_ids]
+        if decode is not None:
+            calls.append(lambda r: r.decode(decode_ids, decode.new_tokens))
+        ours, ref, compile_seconds, compile_error = compile_runners(model, reference, calls)
     rows = []
-    for shape in shapes:
+    for shape, ids in zip(shapes, prefill_ids, strict=True):
         progress(f"prefill {shape}")
-        ids = random_ids(vocab, shape.batch, shape.length, device)
         t_model, t_ref = paired_medians(
-            lambda ids=ids: prefill_once(model, ids), lambda ids=ids: prefill_once(reference, ids), warmup, repeats
+            lambda ids=ids: ours.prefill(ids), lambda ids=ids: ref.prefill(ids), warmup, repeats
         )
         tokens = shape.batch * shape.length
         rows.append(
@@ -197,10 +318,9 @@ def benchmark(
     decode_row = None
     if decode is not None:
         progress(f"decode {decode}")
-        ids = random_ids(vocab, decode.batch, decode.prompt, device, seed=1)
         n = decode.new_tokens
         t_model, t_ref = paired_medians(
-            lambda: decode_once(model, ids, n), lambda: decode_once(reference, ids, n), warmup, repeats
+            lambda: ours.decode(decode_ids, n), lambda: ref.decode(decode_ids, n), warmup, repeats
         )
         tokens = decode.batch * n
         decode_row = SpeedRow(
@@ -208,14 +328,35 @@ def benchmark(
         )
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     return BenchResult(
-        rows, decode_row, mac_ratio, bytes_ratio, torch.get_num_threads(), str(device), dtype, warmup, repeats
+        rows,
+        decode_row,
+        mac_ratio,
+        bytes_ratio,
+        torch.get_num_threads(),
+        str(device),
+        dtype,
+        warmup,
+        repeats,
+        compiled=ours.step is not None,
+        compile_seconds=compile_seconds,
+        compile_error=compile_error,
+        rank_alignment=rank_alignment(model),
     )
 
 
+def resident_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s own parameters and buffers (each tensor once)."""
+    tensors = {t.data_ptr(): t for t in (*model.parameters(), *model.buffers()) if t.numel()}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def cuda_peak_bytes(model: nn.Module, shape: Shape) -> int:
-    """Peak GPU memory allocated while running one prefill of ``shape`` (weights included)."""
+    """Peak GPU memory of one prefill of ``shape`` counting ``model`` alone: its weights and buffers plus the
+    peak allocation above what was in use before (so another model resident on the device is left out)."""
     device = _device(model)
+    torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
     prefill_once(model, random_ids(model.config.vocab_size, shape.batch, shape.length, device))
-    return int(torch.cuda.max_memory_allocated(device))
+    return resident_bytes(model) + int(torch.cuda.max_memory_allocated(device)) - before

@@ -13,8 +13,10 @@ from ngc.cli import main as cli
 from ngc.config import CompressionConfig
 from ngc.data.windows import CalibrationWindows
 from ngc.errors import UsageError
+from ngc.eval import speed
 from ngc.eval.speed import DecodeShape, Shape, benchmark, decode_once, parse_decode, parse_shapes
-from ngc.models.tiny import build_tiny_model, tiny_families
+from ngc.models.tiny import build_tiny_model, save_tiny_model, tiny_families
+from ngc.modules.factorized import GroupBasis
 
 
 def test_shapes_parse_and_bad_ones_are_named():
@@ -77,3 +79,112 @@ def test_bench_command_compares_a_checkpoint_with_its_base(capsys, tmp_path, tin
 @pytest.mark.parametrize("family", tiny_families())
 def test_decode_works_for_every_family(family):
     assert decode_once(build_tiny_model(family), torch.zeros(1, 4, dtype=torch.long), new_tokens=2) > 0
+
+
+def _compressed_pair(ratio: float = 0.5) -> tuple[torch.nn.Module, torch.nn.Module]:
+    dense, model = build_tiny_model("llama"), build_tiny_model("llama")
+    calib = CalibrationWindows(torch.randint(0, 250, (4, 32), generator=torch.Generator().manual_seed(0)), "r", None, 0)
+    compress(model, CompressionConfig(method="ngc", ratio=ratio, sequential=False), calib)
+    return model, dense
+
+
+def test_static_decode_gives_the_greedy_tokens_of_the_dynamic_cache():
+    model, _ = _compressed_pair()
+    tokens: dict[str, list[torch.Tensor]] = {"dynamic": [], "static": []}
+
+    def recorder(kind):
+        return lambda module, args, kwargs, out: tokens[kind].append(out.logits[:, -1].argmax(-1))
+
+    ids = torch.randint(0, 250, (2, 8), generator=torch.Generator().manual_seed(2))
+    handle = model.register_forward_hook(recorder("dynamic"), with_kwargs=True)
+    decode_once(model, ids, new_tokens=4)
+    handle.remove()
+    handle = model.register_forward_hook(recorder("static"), with_kwargs=True)
+    speed.static_decode_once(model, model, ids, new_tokens=4)
+    handle.remove()
+    assert len(tokens["static"]) == 5  # the prefill and 4 steps
+    assert all(torch.equal(a, b) for a, b in zip(tokens["dynamic"], tokens["static"], strict=True))
+
+
+def _aot_eager(model):
+    return torch.compile(model, fullgraph=True, dynamic=False, backend="aot_eager")
+
+
+def test_compiled_benchmark_reports_compile_time_apart(monkeypatch):
+    monkeypatch.setattr(speed, "compile_model", _aot_eager)  # graph capture without inductor's C++ build
+    model, dense = _compressed_pair()
+    torch._dynamo.reset()
+    result = benchmark(model, dense, [Shape(1, 16)], DecodeShape(1, 8, 3), warmup=0, repeats=1, compile=True)
+    assert result.compiled and result.mode == "compiled" and result.compile_error is None
+    assert set(result.compile_seconds) == {"model", "reference"} and min(result.compile_seconds.values()) > 0
+    assert result.prefill[0].tokens_per_s > 0 and result.decode.tokens_per_s > 0
+    eager = benchmark(model, dense, [Shape(1, 16)], None, warmup=0, repeats=1)
+    assert not eager.compiled and eager.compile_seconds == {} and eager.mode == "eager"
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_one_warning(monkeypatch):
+    def broken(model):
+        def forward(**kwargs):
+            raise RuntimeError("no working C++ compiler\nsecond line")
+
+        return forward
+
+    monkeypatch.setattr(speed, "compile_model", broken)
+    model, dense = _compressed_pair()
+    with pytest.warns(RuntimeWarning) as caught:
+        result = benchmark(model, dense, [Shape(1, 8)], DecodeShape(1, 4, 2), warmup=0, repeats=1, compile=True)
+    assert len(caught) == 1 and "RuntimeError: no working C++ compiler" in str(caught[0].message)
+    assert not result.compiled and result.compile_error == "RuntimeError: no working C++ compiler"
+    assert result.prefill[0].tokens_per_s > 0 and result.decode.tokens_per_s > 0
+
+
+@pytest.mark.slow
+def test_inductor_benchmark_compiles_both_models():
+    model, dense = _compressed_pair()
+    torch._dynamo.reset()
+    result = benchmark(model, dense, [Shape(1, 16)], DecodeShape(1, 8, 3), warmup=0, repeats=1, compile=True)
+    assert result.compiled and result.compile_error is None and result.decode.tokens_per_s > 0
+
+
+def test_rank_alignment_is_the_power_of_two_dividing_every_rank():
+    model, dense = _compressed_pair()
+    assert speed.rank_alignment(dense) is None
+    ranks = {b.rank for b in model.modules() if isinstance(b, GroupBasis)}
+    alignment = speed.rank_alignment(model)
+    assert all(r % alignment == 0 for r in ranks) and any(r % (2 * alignment) for r in ranks)
+
+
+def test_cuda_peak_counts_only_the_measured_model(monkeypatch):
+    """Allocation figures of a device where another model's 10 MB are resident: they are not counted."""
+    model = build_tiny_model("llama")
+    state = {"allocated": 10_000_000 + speed.resident_bytes(model)}
+    for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: state["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: state["allocated"] + 4096)
+    monkeypatch.setattr(speed, "prefill_once", lambda *a: 0.0)
+    assert speed.cuda_peak_bytes(model, Shape(1, 8)) == speed.resident_bytes(model) + 4096
+
+
+def test_bench_finds_the_base_by_its_record_and_hash_not_the_current_folder(capsys, tmp_path, monkeypatch, text_file):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    save_tiny_model("llama", work / "base")
+    monkeypatch.chdir(work)
+    args = ["compress", "base", "--method", "ngc", "--ratio", "0.5", "--calib", str(text_file)]
+    assert cli.run([*args, "--calib-samples", "4", "--calib-len", "32", "--out", "ckpt"]) == 0
+    monkeypatch.chdir(elsewhere)
+    save_tiny_model("llama", elsewhere / "base", seed=1)  # same relative name here, other weights: never used
+    out = tmp_path / "bench.json"
+    bench = ["bench", str(work / "ckpt"), "--shapes", "1x8", "--no-decode", "--repeats", "1", "--no-memory"]
+    capsys.readouterr()
+    assert cli.run([*bench, "--warmup", "0", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["reference_identity"] == "matches" and payload["reference"] == str(work / "base")
+    assert payload["mode"] == "eager" and payload["compile_seconds"] is None
+    assert cli.run([*bench, "--reference", "base"]) == 0  # given explicitly: measured, with a warning
+    assert "is not the base model recorded" in capsys.readouterr().err
+    save_tiny_model("llama", work / "base", seed=2)  # the base folder now holds other weights
+    assert cli.run(bench) == 2
+    err = capsys.readouterr().err
+    assert "was not found" in err and "(other weights)" in err and "--reference" in err
