@@ -7,6 +7,8 @@ speed does not depend on the values. Both models run in the same process with th
 
     python benchmarks/gpu_layer_speed.py --out gpu_speed.json                 # on a GPU, bf16, 32 layers
     python benchmarks/gpu_layer_speed.py --device cpu --dtype float32 --preset tiny --out /tmp/s.json  # smoke
+    python benchmarks/gpu_layer_speed.py --compile --ratios 0.3,0.5 --rank-multiple 64 --decode 1x512+32,16x512+32 \
+        --out gpu_speed_compiled.json    # both models compiled alike (CUDA graphs, static KV cache)
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--rank-multiple", type=int, default=1, help="round every rank down to a multiple of this")
+    parser.add_argument("--compile", action="store_true", help="compile the model and the dense reference alike")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -90,6 +93,7 @@ def main() -> None:
         "dense_params": sum(p.numel() for p in dense.parameters()),
         "dense_peak_memory_bytes": cuda_peak_bytes(dense, largest) if cuda else None,
         "rank_multiple": args.rank_multiple,
+        "compile_requested": args.compile,
         "warmup": args.warmup,
         "repeats": args.repeats,
         "rows": [],
@@ -98,8 +102,9 @@ def main() -> None:
     for method in args.methods.split(","):
         for ratio in (float(r) for r in args.ratios.split(",")):
             model = factorized_copy(dense, method, ratio, args.rank_multiple)
-            runs = [benchmark(model, dense, shapes, None, warmup=args.warmup, repeats=args.repeats)]
-            runs += [benchmark(model, dense, [], d, warmup=args.warmup, repeats=args.repeats) for d in decodes]
+            timing = {"warmup": args.warmup, "repeats": args.repeats, "compile": args.compile}
+            runs = [benchmark(model, dense, shapes, None, **timing)]
+            runs += [benchmark(model, dense, [], d, **timing) for d in decodes]
             accounting = account(model)
             row = {
                 "method": method,
@@ -110,6 +115,9 @@ def main() -> None:
                 "prefill": [r.to_dict() for r in runs[0].prefill],
                 "decode": [run.decode.to_dict() for run in runs[1:]],
                 "peak_memory_bytes": cuda_peak_bytes(model, largest) if cuda else None,
+                "mode": "compiled" if all(r.compiled for r in runs) else "eager",
+                "compile_seconds": [r.compile_seconds for r in runs],
+                "compile_error": next((r.compile_error for r in runs if r.compile_error), None),
             }
             results["rows"].append(row)
             print(
@@ -122,6 +130,7 @@ def main() -> None:
                 flush=True,
             )
             del model
+            torch._dynamo.reset()
             if cuda:
                 torch.cuda.empty_cache()
     args.out.write_text(json.dumps(results, indent=2) + "\n")
