@@ -132,6 +132,7 @@ def main() -> None:
             } | rows_of(runs)
             results["rows"].append(row)
             print(summary(f"R={ratio}", row), flush=True)
+            args.out.write_text(json.dumps(results, indent=2) + "\n")  # rows so far, should a later one fail
             torch._dynamo.reset()  # the next model compiles afresh; nothing of this one is kept
         del model
     results["wall_seconds"] = time.perf_counter() - start
