@@ -157,6 +157,7 @@ def compress_command(
     from ngc.errors import UsageError
     from ngc.fit.methods import get_method
     from ngc.models.load import parse_dtype
+    from ngc.pipeline.distributed import launch_rank
     from ngc.topology.blocks import parse_roles
 
     # Everything that needs no model is checked first: flags, output paths, calibration data.
@@ -179,7 +180,7 @@ def compress_command(
     _check_json_target(json_out)
     if out is None and not dry_run:
         raise UsageError("no --out folder given", hint="add --out DIR (or --dry-run to only see the plan)")
-    if out is not None:
+    if out is not None and launch_rank() == 0:  # under torchrun only rank 0 writes
         claim_output(out)
         check_target(out, force, inputs=input_paths(model))
     if Path(model).expanduser().is_dir() and is_checkpoint(Path(model).expanduser()):

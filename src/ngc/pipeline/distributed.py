@@ -27,6 +27,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (0 when not launched): known before the group is joined."""
+    return int(os.environ.get("RANK", "0"))
+
+
 @dataclass(frozen=True)
 class World:
     """This process's place among the ranks (a single process is rank 0 of 1)."""
@@ -68,7 +73,8 @@ class World:
         device = _device()
         if self.rank == owner:
             assert fit is not None
-            tensors = [a.to(device) for a in fit.A] + [fit.B.to(device), fit.sigma.to(device)]
+            # contiguous: solvers return column-major results, and a collective sends the storage as it lies
+            tensors = [t.to(device).contiguous() for t in (*fit.A, fit.B, fit.sigma)]
             ridge = torch.tensor([fit.ridge], dtype=torch.float64, device=device)
         else:
             tensors = [torch.empty(m, k, dtype=torch.float64, device=device) for m in rows]
@@ -76,7 +82,7 @@ class World:
             tensors += [torch.empty(count, dtype=torch.float64, device=device)]
             ridge = torch.empty(1, dtype=torch.float64, device=device)
         for tensor in (*tensors, ridge):
-            dist.broadcast(tensor.contiguous() if self.rank != owner else tensor, src=owner)
+            dist.broadcast(tensor, src=owner)
         *A, B, sigma = tensors
         return GroupFit(tuple(A), B, sigma, float(ridge.item()))
 

@@ -34,15 +34,17 @@ def compress_folder(
     force: bool = False,
     world: World | None = None,
     base_name: str | None = None,
+    max_shard_bytes: int | None = None,
 ):
     """Compress the model in ``folder`` layer by layer into the checkpoint folder ``out``; returns the result.
 
     ``dtype`` is the compute dtype (each tensor is cast as it is read); ``save_dtype`` the stored one
-    (default: ``dtype``). ``calibration``: token windows, as for :func:`ngc.compress`.
+    (default: ``dtype``). ``calibration``: token windows, as for :func:`ngc.compress`. ``max_shard_bytes``: the
+    size of each checkpoint shard (default: the writer's, 2 GiB).
     """
     from ngc.api import compress_source
     from ngc.checkpoint.save import add_guard, base_record, write_checkpoint_files
-    from ngc.checkpoint.shards import ShardWriter
+    from ngc.checkpoint.shards import DEFAULT_MAX_SHARD_BYTES, ShardWriter
 
     options = options or PipelineOptions()
     world = world or World()
@@ -55,7 +57,7 @@ def compress_folder(
 
     _method, _members, groups, _ranks = plan(source.model, config)
     with atomic_folder(out, replace=force) as tmp:
-        writer = ShardWriter(tmp, dtype=save_dtype)
+        writer = ShardWriter(tmp, dtype=save_dtype, max_shard_bytes=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES)
         add_guard(writer, groups)
         result = compress_source(source, config, calibration, options, world, sink=writer.add)
         tensor_bytes = writer.finish()
