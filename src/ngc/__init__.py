@@ -17,6 +17,8 @@ except PackageNotFoundError:  # run from a source tree (PYTHONPATH=src) without 
 _LAZY = {
     "compress": "ngc.api",
     "collect_statistics": "ngc.api",
+    "compress_folder": "ngc.pipeline.folder",
+    "PipelineOptions": "ngc.pipeline.run",
     "CompressionResult": "ngc.api",
     "CompressionConfig": "ngc.config",
     "CalibConfig": "ngc.config",
