@@ -200,3 +200,20 @@ def test_dynamics_writes_per_layer_json_and_a_plot(capsys, tmp_path, tiny_folder
     keys = {"layer", "lyapunov", "lyapunov_se", "divergence", "sym_top", "driving_ratio", "force_ratio", "departure"}
     assert [row["layer"] for row in payload["layers"]] == [0, 1] and keys <= set(payload["layers"][0])
     assert payload["layers"][1]["force_ratio"] > 0 and (out / "dynamics.png").stat().st_size > 1000
+
+
+def test_plain_svd_with_refinement_loads_the_calibration_it_needs(tiny_folders, text_file, tmp_path):
+    """Local refinement needs the calibration moments even for a method that does not weight its SVD by them."""
+    import json
+
+    for refine in ("local", "distill"):
+        out, report = tmp_path / f"svd-{refine}", tmp_path / f"svd-{refine}.json"
+        args = ["compress", str(tiny_folders["llama"]), "--method", "svd", "--ratio", "0.3", "--refine", refine]
+        args += ["--refine-steps", "3", "--calib", str(text_file), "--calib-samples", "4", "--calib-len", "32"]
+        assert cli.run([*args, "--out", str(out), "--json", str(report)]) == 0
+        payload = json.loads(report.read_text())
+        assert payload["calibration"]["n_windows"] == 4
+        if refine == "local":
+            assert all(after <= before for before, after in payload["local"].values())
+        else:
+            assert payload["distill"]["steps"] == 3
