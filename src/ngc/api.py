@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ngc.accounting import Accounting, account
+from ngc.allocation import allocate_v2, allocate_zero_sum
 from ngc.calib.collect import CalibrationStats
 from ngc.calib.fisher import fisher_information
 from ngc.calib.moments import InputMoments
@@ -22,7 +23,7 @@ from ngc.errors import UsageError
 from ngc.fit.allocate import greedy_ranks, round_ranks, uniform_rank
 from ngc.fit.alternating import exact_loss
 from ngc.fit.closed_form import fit_group, spectrum
-from ngc.fit.methods import Method, get_method, group_transform
+from ngc.fit.methods import METHODS, Method, get_method, group_transform
 from ngc.fit.whiten import NumericalError
 from ngc.pipeline.distributed import World
 from ngc.pipeline.fitting import GroupFitter, member_weight
@@ -65,6 +66,8 @@ class CompressionResult:
     local: dict[str, tuple[float, float]] = field(default_factory=dict)  # group -> normalised MSE before, after
     decisions: dict[str, str] = field(default_factory=dict)  # auto topology: unit -> chosen family
     distill: dict[str, Any] | None = None
+    block: dict[str, dict[str, Any]] = field(default_factory=dict)  # layer -> block-wise refinement (SPEC §5)
+    allocation: dict[str, Any] = field(default_factory=dict)  # v2 / zero-sum: ratios, dense groups, predicted ΔL
     base_model: dict[str, Any] | None = None  # what the dense model was: name, weights_sha256, config signature
     pipeline: dict[str, Any] = field(default_factory=dict)  # where it ran: source kind, device, batch, precision
 
@@ -80,6 +83,8 @@ class CompressionResult:
             "exact": {k: list(v) for k, v in self.exact.items()},
             "local": {k: list(v) for k, v in self.local.items()},
             "distill": self.distill,
+            "block": self.block,
+            "allocation": self.allocation,
             "decisions": self.decisions,
             "base_model": self.base_model,
             "pipeline": self.pipeline,
@@ -94,11 +99,18 @@ def plan(model: nn.Module, config: CompressionConfig) -> tuple[Method, list[Memb
             f"method {method.name} has a fixed structure ({method.topology}); --topology applies to ngc",
             hint=f"drop --topology, or use --method ngc --topology {config.topology}",
         )
-    for flag, wanted in (("--sequential", config.sequential), ("--exact", config.exact)):
+    whitening_methods = ", ".join(m.name for m in METHODS.values() if m.weighting == "whiten")
+    for flag, wanted in (
+        ("--sequential", config.sequential),
+        ("--exact", config.exact),
+        ("--refine block", config.refine == "block"),
+        ("--alloc zero-sum", config.alloc == "zero-sum"),
+    ):
         if wanted and method.weighting != "whiten":
             raise UsageError(
-                f"{flag} needs a whitening method; {method.name} weights the SVD otherwise",
-                hint=f"use {flag} with svd-llm, basis-sharing or ngc",
+                f"{flag} needs a whitening method (factors fitted on calibration statistics); {method.name} "
+                "weights the SVD otherwise",
+                hint=f"use {flag} with one of {whitening_methods}",
             )
     members = find_members(model, parse_roles(config.roles))
     if not members:
@@ -212,6 +224,11 @@ def compress_source(
     method, members, groups, ranks = plan(model, config)
     _check_weights(model, members)
     windows, stats = _check_calibration(method, config, calibration)
+    if config.refine == "block" and world.size > 1:
+        raise UsageError(
+            "block refinement runs in one process (its steps would need gradients summed across ranks)",
+            hint="run without torchrun / accelerate launch, or use --refine none",
+        )
     whole = isinstance(source, ModelSource)
     if not whole and (
         method.needs_fisher
@@ -237,16 +254,19 @@ def compress_source(
     groups, ranks, stats = _auto_structure(
         model, method, members, groups, ranks, stats, fisher, config, result, calibration
     )
+    kept = {m for g in groups for m in g.members}  # zero-sum allocation leaves groups past break-even dense
+    members = [m for m in members if m in kept]
     fitter = GroupFitter(model, method, groups, ranks, config, fisher, world)
     dense_sha256 = source.base_sha256() if whole and world.is_main else None
-    uses_data = method.needs_moments or config.refine == "local"
+    uses_data = method.needs_moments or config.refine in ("local", "block")
+    two_streams = (config.sequential or config.refine == "block") and windows is not None
     start = time.perf_counter()
     run_pipeline(
         source,
         members,
         fitter,
         windows if uses_data else None,
-        stats.moments if stats is not None and uses_data and not (config.sequential and windows is not None) else None,
+        stats.moments if stats is not None and uses_data and not two_streams else None,
         options,
         world,
         sink,
@@ -259,6 +279,7 @@ def compress_source(
     result.fit_seconds += fitter.seconds
     result.calibration_seconds += total - fitter.seconds
     result.exact, result.local = fitter.exact, fitter.local
+    result.block = {layer: refinement.to_dict() for layer, refinement in fitter.block.items()}
     if teacher is not None:
         assert windows is not None
         seed = calibration.seed if isinstance(calibration, (CalibrationWindows, CalibrationStats)) else 0
@@ -281,6 +302,8 @@ def _check_calibration(
         (config.sequential, "the sequential update"),
         (config.refine == "distill", "distillation"),
         (config.refine == "local" and stats is None, "local refinement"),
+        (config.refine == "block", "block refinement"),
+        (config.alloc == "zero-sum", "the zero-sum allocation's gradients"),
     )
     for needed, what in needs_windows:
         if needed and windows is None:
@@ -317,7 +340,21 @@ def _auto_structure(model, method, members, groups, ranks, stats, fisher, config
         ranks = round_ranks({group.id: uniform_rank(group, config.ratio) for group in groups}, config.rank_multiple)
         result.topology, result.ranks = groups, ranks
         result.fit_seconds += time.perf_counter() - start
-    if config.alloc != "uniform":
+    if config.alloc in ("v2", "zero-sum"):
+        assert stats is not None
+        start = time.perf_counter()
+        if config.alloc == "v2":
+            allocation = allocate_v2(model, method, groups, stats.moments, config)
+        else:
+            tokens = _windows(calibration)
+            assert tokens is not None
+            allocation = allocate_zero_sum(model, method, groups, stats.moments, tokens, config)
+        groups, ranks = allocation.groups, round_ranks(allocation.ranks, config.rank_multiple)
+        result.topology, result.ranks, result.allocation = groups, ranks, allocation.report
+        result.warnings += allocation.warnings
+        result.calibration_seconds += allocation.gradient_seconds
+        result.fit_seconds += time.perf_counter() - start - allocation.gradient_seconds
+    elif config.alloc != "uniform":
         start = time.perf_counter()
         ranks = round_ranks(
             allocate_auto(model, method, groups, stats.moments if stats else {}, fisher, config), config.rank_multiple
@@ -370,7 +407,7 @@ def choose_topology(
     def score(groups: tuple[Group, ...]) -> float:
         total = 0.0
         for group in groups:
-            transform = group_transform(method, group, moments, None, config.asvd_alpha)
+            transform = group_transform(method, group, moments, None, config.asvd_alpha, config.whitening)
             targets = [weights[m] for m in group.members]
             fit = fit_group(targets, max(uniform_rank(group, config.ratio), 1), transform)
             total += exact_loss(targets, fit.A, fit.B, [moments[m.input_key].second for m in group.members])
@@ -390,7 +427,7 @@ def allocate_auto(
     """Greedy ranks from every group's spectrum in the method's metric (SPEC §4 ``auto``)."""
     spectra = {}
     for group in progress(groups, desc="allocation (spectra)", unit="group"):
-        transform = group_transform(method, group, moments, fisher, config.asvd_alpha)
+        transform = group_transform(method, group, moments, fisher, config.asvd_alpha, config.whitening)
         spectra[group.id] = spectrum([member_weight(model, m) for m in group.members], transform)
     return greedy_ranks(groups, spectra, config.ratio, config.alloc == "auto", config.alloc_floor)
 

@@ -8,8 +8,9 @@ from typing import Any
 from ngc.arch import ROLES
 from ngc.errors import UsageError
 
-ALLOCATIONS = ("uniform", "auto", "auto-energy")
-REFINE_STEPS = {"local": 50, "distill": 100}  # default steps per refinement mode
+ALLOCATIONS = ("uniform", "auto", "auto-energy", "v2", "zero-sum")
+REFINE_STEPS = {"local": 50, "distill": 100, "block": 25}  # default steps per refinement mode
+WHITENINGS = ("cholesky", "eigen")  # how C = S Sᵀ is factorised (SPEC §4)
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,15 @@ class CompressionConfig:
     alloc: str | None = None  # "uniform" (each group keeps 1-R) or "auto" (greedy); None = the method's default
     alloc_floor: float = 0.0  # auto allocation keeps at least this fraction of each group's uniform rank
     sequential: bool | None = None  # fit on inputs from the compressed prefix (SPEC §4); None = method default
-    sequential_shrink: float = 0.1  # ridge λ of the sequential target, relative to mean diag C̃ (0 = exact)
+    sequential_shrink: float | None = None  # ridge λ of the sequential target / mean diag C̃ (0 = exact); None =
+    # the method's default (0.1; aa-svd: 0, its anchored objective)
     exact: bool = False  # refine groups whose members read different inputs by alternating solves (SPEC §4)
-    refine: str = "none"  # SPEC §5: "none", "local" (per-group output MSE) or "distill" (KL to the dense model)
+    refine: str | None = None  # SPEC §5: "none", "local" (per-group output MSE), "block" (each decoder layer's
+    # output MSE), "distill" (KL to the dense model); None = the method's default (aa-svd: block, else none)
     refine_steps: int = 0  # 0 = the mode's default (REFINE_STEPS)
     refine_lr: float = 1e-3  # relative step: about this fraction of each factor's mean magnitude
     asvd_alpha: float = 0.5
+    whitening: str | None = None  # "cholesky" (checked, eigen fallback) or "eigen"; None = the method's default
     rank_multiple: int = 1  # round every rank down to a multiple of this (8 to 128 for GPU kernels)
     version: int = 1
 
@@ -55,15 +59,20 @@ class CompressionConfig:
                 f"ratio {self.ratio} is outside (0, 1)",
                 hint="the ratio is the fraction of decoder linear parameters removed, e.g. 0.3 keeps 70 %",
             )
+        from ngc.fit.methods import get_method
+
+        defaults = get_method(self.method).defaults
+        for name, fallback in (("refine", "none"), ("sequential_shrink", 0.1), ("whitening", "cholesky")):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, defaults.get(name, fallback))
         if self.refine not in REFINE_STEPS and self.refine != "none":
-            raise UsageError(f"unknown refinement {self.refine!r}", hint="use none, local or distill")
+            raise UsageError(f"unknown refinement {self.refine!r}", hint="use none, local, block or distill")
+        if self.whitening not in WHITENINGS:
+            raise UsageError(f"unknown whitening {self.whitening!r}", hint=f"use one of {', '.join(WHITENINGS)}")
         if self.rank_multiple < 1:
             raise UsageError(f"rank multiple {self.rank_multiple} must be at least 1", hint="e.g. --rank-multiple 64")
         if self.refine_steps < 0 or self.refine_lr <= 0:
             raise UsageError("refinement needs steps >= 0 and a positive learning rate")
-        from ngc.fit.methods import get_method
-
-        defaults = get_method(self.method).defaults
         if self.alloc is None:
             object.__setattr__(self, "alloc", defaults["alloc"])
         if self.sequential is None:

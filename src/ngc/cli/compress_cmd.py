@@ -36,10 +36,12 @@ def compress_command(
     alloc: Annotated[
         str | None,
         typer.Option(
-            metavar="uniform|auto|auto-energy",
+            metavar="uniform|auto|auto-energy|v2|zero-sum",
             help="Rank allocation: every group keeps 1-R of its weights (uniform), or ranks go where the "
             "normalised loss (auto) or the output error energy (auto-energy) falls most per parameter, same "
-            "total. Default: the method's own.",
+            "total; v2: SVD-LLM V2's per-role ratios from 1/log of each group's output error; zero-sum: ZS-SVD's "
+            "global choice of whitened components by their first-order loss change (groups past break-even stay "
+            "dense). Default: the method's own.",
         ),
     ] = None,
     sequential: Annotated[
@@ -60,15 +62,20 @@ def compress_command(
         ),
     ] = False,
     refine: Annotated[
-        str,
+        str | None,
         typer.Option(
-            metavar="none|local|distill",
-            help="Refinement after the closed form (SPEC §5): per-group output MSE (local), or KL to the dense "
-            "model on the calibration windows (distill). The parameter count never changes.",
+            metavar="none|local|block|distill",
+            help="Refinement after the closed form (SPEC §5): per-group output MSE (local), each decoder layer's "
+            "output MSE against the dense layer (block, AA-SVD's; whitening methods), or KL to the dense model on "
+            "the calibration windows (distill). The parameter count never changes. Default: the method's own "
+            "(aa-svd: block, else none).",
         ),
-    ] = "none",
+    ] = None,
     refine_steps: Annotated[
-        int, typer.Option(metavar="K", help="Refinement steps (0 = default: local 50 per group, distill 100).")
+        int,
+        typer.Option(
+            metavar="K", help="Refinement steps (0 = default: local 50 per group, block 25 per layer, distill 100)."
+        ),
     ] = 0,
     refine_lr: Annotated[
         float, typer.Option(metavar="LR", help="Relative step size of refinement (fraction of a factor's mean |x|).")
@@ -81,6 +88,15 @@ def compress_command(
             "made a 7B-shaped prefill 3x slower). Removes slightly more than --ratio.",
         ),
     ] = 1,
+    whitening: Annotated[
+        str | None,
+        typer.Option(
+            metavar="cholesky|eigen",
+            help="How whitening methods factorise C = S Sᵀ: a checked Cholesky factor (an eigendecomposition "
+            "when its pivots are at rounding level) or always the eigendecomposition S = Q Λ^½ (SVD-LLM V2's). "
+            "Default: the method's own (svd-llm-v2: eigen, else cholesky).",
+        ),
+    ] = None,
     calib: Annotated[
         str, typer.Option(metavar="NAME|FILE", help="Calibration corpus (train split, else validation) or text file.")
     ] = "wikitext2",
@@ -173,6 +189,7 @@ def compress_command(
         refine_steps=refine_steps,
         refine_lr=refine_lr,
         rank_multiple=rank_multiple,
+        whitening=whitening,
     )
     calib_config = CalibConfig(calib, calib_samples, calib_len, seed)
     parse_dtype(dtype)
@@ -185,7 +202,7 @@ def compress_command(
         check_target(out, force, inputs=input_paths(model))
     if Path(model).expanduser().is_dir() and is_checkpoint(Path(model).expanduser()):
         raise UsageError(f"{model} is already a compressed checkpoint", hint="compress the original dense model")
-    needs_data = get_method(method).needs_moments or get_method(method).needs_fisher or refine != "none"
+    needs_data = get_method(method).needs_moments or get_method(method).needs_fisher or config.refine != "none"
     check_pipeline_options(calib_batch, stats_precision, hidden_on)
     text = calibration_text(calib_config.source, data_dir) if needs_data and not dry_run else None
     if text is not None:

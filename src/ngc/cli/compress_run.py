@@ -71,6 +71,8 @@ def needs_whole_model(config: CompressionConfig) -> str | None:
         return "fwsvd's Fisher information needs backward passes through the whole model"
     if config.refine == "distill":
         return "distillation trains the whole model"
+    if config.alloc == "zero-sum":
+        return "zero-sum allocation (zs-svd) scores components by loss gradients: backward passes through the whole model"
     if config.alloc != "uniform" or config.topology == AUTO:
         return "auto allocation and auto topology compare every group before fitting any"
     return None

@@ -8,6 +8,12 @@
 | svd-llm       | per-matrix                                         | Cholesky factor of C               |
 | basis-sharing | q,k,v,gate,up across 2 layers; o, down per-matrix  | Cholesky factor of pooled C        |
 | ngc           | any topology (SPEC §2), default intra              | Cholesky factor of pooled C        |
+| svd-llm-v2    | per-matrix; per-role ranks from 1/log of each loss | eigendecomposition factor of C     |
+| aa-svd        | per-matrix; anchored target, block refinement      | Cholesky factor of C̃ (sequential)  |
+| zs-svd        | per-matrix; components kept by the zero-sum rule   | Cholesky factor of C               |
+
+A method's ``defaults`` fill the config fields left unset (``alloc``, ``sequential``, ``sequential_shrink``,
+``refine``, ``whitening``).
 """
 
 from __future__ import annotations
@@ -59,6 +65,31 @@ METHODS: dict[str, Method] = {
             # the sequential update
             {"alloc": "uniform", "sequential": True},
         ),
+        Method(
+            "svd-llm-v2",
+            "per-matrix",
+            "whiten",
+            True,
+            "eigendecomposition whitening, per-role ratios from 1/log of each weight's loss",
+            {"alloc": "v2", "sequential": False, "whitening": "eigen"},
+        ),
+        Method(
+            "aa-svd",
+            "per-matrix",
+            "whiten",
+            True,
+            "anchored to dense outputs on the compressed prefix's inputs, then block-wise refinement",
+            # AA-SVD's recipe: the exact anchored target (shrink 0), uniform ranks, 25 Adam steps per layer
+            {"alloc": "uniform", "sequential": True, "sequential_shrink": 0.0, "refine": "block"},
+        ),
+        Method(
+            "zs-svd",
+            "per-matrix",
+            "whiten",
+            True,
+            "whitened components kept by their first-order loss change (zero-sum rule), dense past break-even",
+            {"alloc": "zero-sum", "sequential": False},
+        ),
     )
 }
 
@@ -81,8 +112,10 @@ def group_transform(
     moments: Mapping[str, InputMoments],
     fisher: Mapping[str, torch.Tensor] | None,
     asvd_alpha: float = 0.5,
+    factorisation: str = "cholesky",
 ) -> Transform:
-    """The transform S of ``group`` under ``method`` (pooled over the group's distinct inputs)."""
+    """The transform S of ``group`` under ``method`` (pooled over the group's distinct inputs); whitening
+    factorises C by ``factorisation`` ("cholesky" with its eigen fallback, or "eigen")."""
     if method.weighting == "identity":
         return IDENTITY
     if method.weighting == "fisher":
@@ -93,4 +126,4 @@ def group_transform(
     pooled = InputMoments.pooled(distinct_inputs(group, moments))
     if method.weighting == "abs-mean":
         return diagonal(pooled.abs_mean.pow(asvd_alpha), f"activation scales of {group.id}")
-    return whitening(pooled.second, group.id)
+    return whitening(pooled.second, group.id, factorisation)

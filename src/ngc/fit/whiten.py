@@ -3,6 +3,8 @@
 - whitening: ``S = L`` with ``C = L Lᵀ`` (Cholesky; a ridge ``λ·mean(diag C)·I`` is added when C is singular).
   When a pivot of L is at rounding-noise level (``min L_ii² < n·eps·max C_ii``: L is unreliable and ``B = L⁻ᵀ V``
   explodes), it falls back to ``S = Q Λ^{1/2}`` from ``C = Q Λ Qᵀ``, eigenvalues floored at ``EIGEN_FLOOR·λ_max``.
+- eigendecomposition on request (``factorisation="eigen"``, SVD-LLM V2's whitening): ``S = Q Λ^{1/2}`` directly,
+  no ridge; ``condition`` is then ``λ_min / λ_max`` of C.
 - diagonal scales: ``S = diag(s)`` (ASVD's activation scales, FWSVD's √Fisher)
 - identity: plain SVD
 """
@@ -32,7 +34,8 @@ class Transform:
     ``factorisation`` says how a matrix ``S`` was made: ``"cholesky"`` (lower triangular, ``S Sᵀ = C + ridge``)
     or ``"eigh"`` (``S = Q Λ^{1/2}``, the fallback for a Cholesky factor with near-zero pivots). ``condition``
     is ``min L_ii² / max C_ii`` of the Cholesky attempt (small = ill-conditioned); for ``"eigh"`` that of the
-    rejected Cholesky factor, and ``floored`` counts the eigenvalues raised to the floor.
+    rejected Cholesky factor (``λ_min / λ_max`` of C when the eigendecomposition was asked for), and ``floored``
+    counts the eigenvalues raised to the floor.
     """
 
     factor: torch.Tensor | None
@@ -62,6 +65,16 @@ class Transform:
             return torch.linalg.solve(self.factor.T, V)
         return torch.linalg.solve_triangular(self.factor.T, V, upper=True)
 
+    def gradient(self, G: torch.Tensor) -> torch.Tensor:
+        """``G S⁻ᵀ`` for a gradient ``G`` (M, n) w.r.t. W: the gradient w.r.t. ``W S`` (ZS-SVD's whitened ``H``)."""
+        if self.factor is None:
+            return G
+        if self.factor.dim() == 1:
+            return G / self.factor
+        if self.factorisation == "eigh":
+            return torch.linalg.solve(self.factor, G.T).T
+        return torch.linalg.solve_triangular(self.factor, G.T, upper=False).T
+
     def solve_covariance(self, Y: torch.Tensor) -> torch.Tensor:
         """``(S Sᵀ)⁻¹ Y``, i.e. ``C⁻¹ Y`` for a whitening of ``C`` (Y: (n, r))."""
         if self.factor is None:
@@ -81,20 +94,26 @@ def _pivot_condition(L: torch.Tensor, C: torch.Tensor) -> float:
     return float(L.diagonal().square().min() / C.diagonal().max())
 
 
-def _eigen_whitening(C: torch.Tensor, condition: float) -> Transform:
-    """``S = Q Λ^{1/2}`` with ``C = Q Λ Qᵀ``; eigenvalues below ``EIGEN_FLOOR·λ_max`` are raised to it."""
+def eigen_whitening(C: torch.Tensor, condition: float | None = None) -> Transform:
+    """``S = Q Λ^{1/2}`` with ``C = Q Λ Qᵀ``; eigenvalues below ``EIGEN_FLOOR·λ_max`` are raised to it.
+
+    ``condition``: what to report (the rejected Cholesky factor's); None reports ``λ_min / λ_max`` of C.
+    """
     eigenvalues, Q = torch.linalg.eigh(C)  # ascending; Q: (n, n)
+    if condition is None:
+        condition = max(float(eigenvalues[0]), 0.0) / float(eigenvalues[-1])
     floor = EIGEN_FLOOR * eigenvalues[-1]
     floored = int((eigenvalues < floor).sum())
     S = Q * eigenvalues.clamp_min(floor).sqrt()  # (n, n): column i of Q scaled by sqrt(λ_i)
     return Transform(S, 0.0, "eigh", condition, floored)
 
 
-def whitening(C: torch.Tensor, what: str = "covariance") -> Transform:
+def whitening(C: torch.Tensor, what: str = "covariance", factorisation: str = "cholesky") -> Transform:
     """Cholesky factor of ``C`` (float64), with the smallest ridge from ``RIDGES`` that makes it positive definite.
 
     Falls back to an eigendecomposition (reported in the Transform) when the factor's smallest pivot is at
-    rounding-noise level. Every tensor stays on C's device and dtype.
+    rounding-noise level. ``factorisation="eigen"`` takes the eigendecomposition directly (no ridge, tiny
+    eigenvalues floored and counted). Every tensor stays on C's device and dtype.
     """
     if not torch.isfinite(C).all():
         raise NumericalError(
@@ -107,6 +126,10 @@ def whitening(C: torch.Tensor, what: str = "covariance") -> Transform:
             f"the calibration statistics of {what} are all zero",
             hint="no calibration token reached this block; use more or longer windows",
         )
+    if factorisation == "eigen":
+        return eigen_whitening(C)
+    if factorisation != "cholesky":
+        raise ValueError(f"factorisation must be cholesky or eigen, got {factorisation!r}")
     n = C.shape[0]
     eye = torch.eye(n, dtype=C.dtype, device=C.device)
     noise = n * torch.finfo(C.dtype).eps  # a pivot² below noise·max C_ii is rounding error, not signal
@@ -116,7 +139,7 @@ def whitening(C: torch.Tensor, what: str = "covariance") -> Transform:
         if int(info) == 0:
             condition = _pivot_condition(L, ridged)
             if condition < noise:
-                return _eigen_whitening(C, condition)
+                return eigen_whitening(C, condition)
             return Transform(L, ridge, "cholesky", condition)
     raise NumericalError(
         f"the calibration covariance of {what} is not positive definite even with ridge {RIDGES[-1]}",

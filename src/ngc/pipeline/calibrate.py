@@ -149,10 +149,12 @@ def calibrate_sequential(
     options: StatsOptions,
     world: World,
     fit_ready: Callable[[dict[str, InputMoments]], None],
+    refine_block: Callable[[nn.Module, int, Streams], None] | None = None,
 ) -> None:
     """Per input of ``layer``: moments ``C̃``, ``M`` over both streams, then ``fit_ready`` (which may swap modules
     of ``layer``). Both streams advance past the layer: the dense copy on the dense stream, ``layer`` as
-    compressed on the compressed one."""
+    compressed on the compressed one. ``refine_block`` (block-wise refinement, SPEC §5) runs in between: the
+    dense stream already holds the dense layer's outputs, the compressed one still this layer's inputs."""
     assert streams.compressed is not None
     kwargs = streams.kwargs[index]
     wanted = _hooked_modules(members, prefix)
@@ -167,5 +169,17 @@ def calibrate_sequential(
         fit_ready({key: stats})
     for b in range(len(streams)):
         streams.dense[b] = streams.store(run_layer(dense_layer, streams.batch(streams.dense, b), kwargs[b]))
-        streams.compressed[b] = streams.store(run_layer(layer, streams.batch(streams.compressed, b), kwargs[b]))
     del dense_layer
+    if refine_block is not None:
+        refine_block(layer, index, streams)
+    advance_compressed(layer, index, streams)
+
+
+@torch.no_grad()
+def advance_compressed(layer: nn.Module, index: int, streams: Streams) -> None:
+    """The compressed stream through ``layer`` as it is now."""
+    assert streams.compressed is not None
+    for b in range(len(streams)):
+        streams.compressed[b] = streams.store(
+            run_layer(layer, streams.batch(streams.compressed, b), streams.kwargs[index][b])
+        )

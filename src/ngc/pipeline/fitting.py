@@ -23,7 +23,9 @@ from ngc.fit.methods import Method, group_transform
 from ngc.fit.sequential import sequential_target
 from ngc.modules.factorized import GroupBasis
 from ngc.modules.swap import factorize
+from ngc.pipeline.calibrate import Streams
 from ngc.pipeline.distributed import World
+from ngc.refine.block import BlockRefinement, layer_factors, refine_block
 from ngc.refine.local import refine_local
 from ngc.topology.groups import Group
 
@@ -51,6 +53,7 @@ class GroupFitter:
     bases: dict[str, GroupBasis] = field(default_factory=dict)
     exact: dict[str, tuple[float, float]] = field(default_factory=dict)
     local: dict[str, tuple[float, float]] = field(default_factory=dict)
+    block: dict[str, BlockRefinement] = field(default_factory=dict)  # "L3" -> its block-wise refinement
     seconds: float = 0.0
     short: list[tuple[str, int, int]] = field(default_factory=list)  # inputs with fewer tokens than their width
 
@@ -81,6 +84,29 @@ class GroupFitter:
         self.seconds += time.perf_counter() - start
         return ready
 
+    def refine_block(self, layer: nn.Module, index: int, streams: Streams) -> None:
+        """Block-wise refinement of decoder layer ``index`` (SPEC §5) on the two streams, before they advance.
+
+        Trains the factors swapped into the layer so far; bases of cross-layer groups stay fixed.
+        """
+        assert streams.compressed is not None
+        compressed = streams.compressed
+        shared = {g.id for g in self.groups if len(g.layers) > 1}
+        params = layer_factors(layer, shared)
+        if not params:
+            return
+        start = time.perf_counter()
+        self.block[f"L{index}"] = refine_block(
+            layer,
+            params,
+            lambda b: streams.batch(compressed, b),
+            lambda b: streams.batch(streams.dense, b),
+            streams.kwargs[index],
+            self.config.steps,
+            self.config.refine_lr,
+        )
+        self.seconds += time.perf_counter() - start
+
     def layer_complete(self, layer: int) -> bool:
         """No pending group has a member in ``layer``."""
         return all(m.layer != layer for g in self.pending for m in g.members)
@@ -96,7 +122,9 @@ class GroupFitter:
     def _fit(self, group: Group) -> GroupFit:
         """The closed form of the method, then the optional exact and local refinements (SPEC §4, §5)."""
         config = self.config
-        transform = group_transform(self.method, group, self.available, self.fisher, config.asvd_alpha)
+        transform = group_transform(
+            self.method, group, self.available, self.fisher, config.asvd_alpha, config.whitening
+        )
         weights = [member_weight(self.model, m) for m in group.members]
         if config.sequential:
             weights = [

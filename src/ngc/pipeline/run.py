@@ -23,7 +23,13 @@ from torch import nn
 from ngc.arch import decoder_layers
 from ngc.calib.layers import record_layer_calls, run_layer
 from ngc.calib.moments import InputMoments, default_precision
-from ngc.pipeline.calibrate import StatsOptions, Streams, calibrate_layer, calibrate_sequential
+from ngc.pipeline.calibrate import (
+    StatsOptions,
+    Streams,
+    advance_compressed,
+    calibrate_layer,
+    calibrate_sequential,
+)
 from ngc.pipeline.distributed import World
 from ngc.pipeline.fitting import GroupFitter
 from ngc.pipeline.source import FolderSource, ModelSource, Sink, layer_prefix
@@ -124,9 +130,10 @@ def run_pipeline(
     members_of = by_layer(members)
     last = max(members_of, default=-1)
     sequential = bool(fitter.config.sequential)
+    refine_block = fitter.refine_block if fitter.config.refine == "block" else None  # needs both streams
     streams = None
     if stats is None and windows is not None:
-        streams = record_streams(model, world.share(windows), options, sequential)
+        streams = record_streams(model, world.share(windows), options, sequential or refine_block is not None)
     stats_options = options.stats()
     in_flight: list[int] = []
     for index in progress(range(len(layers)), desc="compressing (layers)", unit="layer"):
@@ -144,10 +151,13 @@ def run_pipeline(
                 fitter.add(moments)
                 fitter.fit_ready()
 
-            calibrate_sequential(layer, index, prefix, here, streams, stats_options, world, fit_ready)
+            calibrate_sequential(layer, index, prefix, here, streams, stats_options, world, fit_ready, refine_block)
         elif here and streams is not None:
             fitter.add(calibrate_layer(layer, index, prefix, here, streams, stats_options, world))
             fitter.fit_ready()
+            if refine_block is not None:  # dense stream advanced by the dense layer; now the compressed one
+                refine_block(layer, index, streams)
+                advance_compressed(layer, index, streams)
         elif streams is not None and index <= last:
             _advance(layer, index, streams)
         elif here:  # methods without statistics (plain SVD): nothing to wait for

@@ -1,0 +1,120 @@
+"""ZS-SVD's component scores and its zero-sum global selection (SPEC §6), for groups of any size.
+
+Score. With ``W S = U Σ Vᵀ`` (S the whitening factor, ``C = S Sᵀ``), dropping component i changes W by
+``−σ_i u_i v_iᵀ S⁻¹``, so to first order the calibration loss changes by
+``ΔL_i ≈ ⟨G, −σ_i u_i v_iᵀ S⁻¹⟩ = −σ_i u_iᵀ (G S⁻ᵀ) v_i`` (G: mean loss gradient w.r.t. W). For a group the
+stacked weights and gradients of its members are scored together.
+
+Selection. Each group drops its components in ascending σ (the truncation stays the closed-form optimum of
+§4), so a group offers one candidate at a time: its smallest remaining component. Candidates with ``ΔL < 0``
+and ``ΔL ≥ 0`` wait in two heaps. While the running sum ``s = Σ ΔL`` of what was dropped is positive the most
+negative candidate is dropped, otherwise the smallest non-negative one, so ``s`` stays near zero; the loop ends
+once the parameters saved reach the budget. A group saves ``max(0, dense − k·(Σm + n))`` at rank k: above its
+break-even rank it saves nothing and stays dense. Groups that can only stay dense together (parts of one fused
+module, such as GPT-2's ``c_attn``) form a unit, which saves ``max(0, Σ_g (dense_g − k_g·cost_g))``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ngc.errors import UsageError
+from ngc.fit.closed_form import stack
+from ngc.fit.whiten import Transform
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One group's components in the order they would be dropped (ascending σ) and what each costs."""
+
+    scores: tuple[float, ...]  # ΔL of the component dropped j-th (the (r−j)-th largest σ)
+    cost: int  # parameters per rank unit: Σ_s m_s + n
+    dense: int  # parameters of the dense members: Σ_s m_s · n
+
+    @property
+    def full_rank(self) -> int:
+        return len(self.scores)
+
+    def saved(self, rank: int) -> int:
+        """Parameters saved at ``rank`` (0 at or above the break-even rank: the group stays dense)."""
+        return max(0, self.dense - rank * self.cost)
+
+
+@dataclass(frozen=True)
+class Selection:
+    ranks: dict[str, int]  # kept rank of every group (dense groups: their selected rank, not used)
+    dense: tuple[str, ...]  # groups past break-even: left dense
+    predicted: float  # Σ ΔL of the components dropped from the groups that are factorised
+    saved: int  # parameters saved
+
+
+def component_scores(
+    weights: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor], transform: Transform
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(σ, ΔL)`` of every component of the stacked ``W S``, both ordered by descending σ (float64)."""
+    W = stack(weights, transform.device)  # (M, n)
+    G = stack(gradients, W.device)  # (M, n)
+    U, sigma, Vh = torch.linalg.svd(transform.apply(W), full_matrices=False)  # (M, r), (r,), (r, n)
+    H = transform.gradient(G)  # (M, n): the gradient w.r.t. W S
+    projected = (U * (H @ Vh.T)).sum(dim=0)  # (r,): u_iᵀ H v_i
+    return sigma, -sigma * projected
+
+
+def candidates(scores_by_sigma: torch.Tensor, cost: int, dense: int) -> Candidates:
+    """A group's candidates from its ΔL in descending-σ order (dropped from the last)."""
+    return Candidates(tuple(float(x) for x in scores_by_sigma.flip(0)), cost, dense)
+
+
+def zero_sum_select(
+    groups: Mapping[str, Candidates], target_saved: int, units: Mapping[str, str] | None = None
+) -> Selection:
+    """Drop components by the zero-sum rule until ``target_saved`` parameters are saved (module docstring).
+
+    ``units`` maps a group to the unit it stays dense with (default: itself). Every group keeps at least rank
+    1. Raises :class:`UsageError` when dropping every droppable component still saves too little.
+    """
+    unit_of = {gid: (units or {}).get(gid, gid) for gid in groups}
+    members: dict[str, list[str]] = {}
+    for gid, unit in unit_of.items():
+        members.setdefault(unit, []).append(gid)
+    ranks = {gid: c.full_rank for gid, c in groups.items()}
+
+    def unit_saved(unit: str) -> int:
+        return max(0, sum(groups[g].dense - ranks[g] * groups[g].cost for g in members[unit]))
+
+    dropped = dict.fromkeys(groups, 0)
+    negative: list[tuple[float, str]] = []
+    positive: list[tuple[float, str]] = []
+
+    def offer(gid: str) -> None:
+        c = groups[gid]
+        if ranks[gid] > 1:
+            score = c.scores[dropped[gid]]
+            heapq.heappush(negative if score < 0 else positive, (score, gid))
+
+    for gid in groups:
+        offer(gid)
+    saved = sum(unit_saved(unit) for unit in members)
+    running = 0.0
+    while saved < target_saved:
+        if not negative and not positive:
+            raise UsageError(
+                f"the zero-sum selection cannot save {target_saved} parameters: dropping every component saves "
+                f"{saved}",
+                hint="use a lower --ratio (the groups' break-even ranks leave too little to remove)",
+            )
+        heap = negative if (running > 0 and negative) or not positive else positive
+        score, gid = heapq.heappop(heap)
+        before = unit_saved(unit_of[gid])
+        ranks[gid] -= 1
+        dropped[gid] += 1
+        running += score
+        saved += unit_saved(unit_of[gid]) - before
+        offer(gid)
+    dense = tuple(gid for gid in groups if unit_saved(unit_of[gid]) == 0)
+    predicted = sum(sum(groups[gid].scores[: dropped[gid]]) for gid in groups if gid not in dense)
+    return Selection(ranks, dense, predicted, saved)
