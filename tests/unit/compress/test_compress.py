@@ -292,3 +292,11 @@ def test_bad_config_values_are_refused(fields, message):
 def test_exact_needs_a_whitening_method():
     with pytest.raises(UsageError, match="--exact needs a whitening method"):
         plan(build_tiny_model("llama"), CompressionConfig(method="fwsvd", ratio=0.3, exact=True))
+
+
+def test_sequential_with_cross_layer_groups_says_which_members_it_cannot_correct():
+    model = build_tiny_model("llama")
+    result = compress(model, CompressionConfig(method="ngc", topology="intra-cross-2", ratio=0.3), calibration())
+    assert any("cross-layer groups" in warning for warning in result.warnings)
+    plain = compress(build_tiny_model("llama"), CompressionConfig(method="ngc", ratio=0.3), calibration())
+    assert not any("cross-layer groups" in warning for warning in plain.warnings)
