@@ -59,10 +59,14 @@ def allocate_v2(
     ranks, uniform = v2_ranks(groups, losses, config.ratio)
     removed = {g.id: 1.0 - g.params_at_rank(ranks[g.id]) / g.dense_params for g in groups}
     report = {"rule": "v2", "output_error": losses, "ratio_removed": removed, "uniform_roles": uniform}
-    warnings = [
-        f"v2 allocation: role(s) {', '.join(uniform)} keep the uniform ratio (an output error at or below 1, where "
-        "1/log L is undefined; use more calibration tokens)"
-    ] if uniform else []
+    warnings = (
+        [
+            f"v2 allocation: role(s) {', '.join(uniform)} keep the uniform ratio (an output error at or below 1, where "
+            "1/log L is undefined; use more calibration tokens)"
+        ]
+        if uniform
+        else []
+    )
     return Allocation(tuple(groups), ranks, report, warnings)
 
 

@@ -103,8 +103,7 @@ def zero_sum_select(
     while saved < target_saved:
         if not negative and not positive:
             raise UsageError(
-                f"the zero-sum selection cannot save {target_saved} parameters: dropping every component saves "
-                f"{saved}",
+                f"the zero-sum selection cannot save {target_saved} parameters: dropping every component saves {saved}",
                 hint="use a lower --ratio (the groups' break-even ranks leave too little to remove)",
             )
         heap = negative if (running > 0 and negative) or not positive else positive

@@ -90,9 +90,7 @@ def refine_block(
     saved = [p.detach().clone() for p in params]
     flags = {p: p.requires_grad for p in layer.parameters()}
     trained = {id(p) for p in params}
-    optimizer = torch.optim.Adam(
-        [{"params": [p], "lr": lr * (float(p.detach().abs().mean()) or 1.0)} for p in params]
-    )
+    optimizer = torch.optim.Adam([{"params": [p], "lr": lr * (float(p.detach().abs().mean()) or 1.0)} for p in params])
     try:
         for p in layer.parameters():
             p.requires_grad_(id(p) in trained)
