@@ -30,7 +30,8 @@ from ngc.pipeline.fitting import GroupFitter, member_weight
 from ngc.pipeline.run import PipelineOptions, collect_moments, run_pipeline
 from ngc.pipeline.source import FolderSource, ModelSource, Sink
 from ngc.progress import progress
-from ngc.refine.distill import distill
+from ngc.refine.data import RefinementData
+from ngc.refine.stage import ClosedFormCallback, plan_distillation, run_distillation_
 from ngc.topology.auto import choose
 from ngc.topology.blocks import Member, find_members, parse_roles
 from ngc.topology.groups import Group, build_topology
@@ -198,6 +199,8 @@ def compress(
     config: CompressionConfig,
     calibration: Calibration = None,
     options: PipelineOptions | None = None,
+    refinement: RefinementData | None = None,
+    on_closed_form: ClosedFormCallback | None = None,
 ) -> CompressionResult:
     """Compress ``model`` in place per ``config``; returns accounting, per-group ranks and losses, timings.
 
@@ -205,9 +208,18 @@ def compress(
     statistics), or :class:`CalibrationStats` collected earlier, or ``None`` for plain ``svd``. ``options``
     choose the compute device (default: the model's), the calibration batch and the statistics' precision.
     The result is also attached to the model as ``model.ngc_compression`` (what ``ngc.save`` writes).
+    Distillation (``refine="distill"``) reads ``refinement`` (a token stream: ``ngc.refine.data.refinement_data``;
+    without it, the calibration windows) and first hands the closed-form model to ``on_closed_form``.
     """
     options = options or PipelineOptions(device=str(_model_device(model)))
-    return compress_source(ModelSource(model, options.device), config, calibration, options)
+    return compress_source(
+        ModelSource(model, options.device),
+        config,
+        calibration,
+        options,
+        refinement=refinement,
+        on_closed_form=on_closed_form,
+    )
 
 
 def compress_source(
@@ -217,6 +229,8 @@ def compress_source(
     options: PipelineOptions,
     world: World | None = None,
     sink: Sink | None = None,
+    refinement: RefinementData | None = None,
+    on_closed_form: ClosedFormCallback | None = None,
 ) -> CompressionResult:
     """:func:`compress` on any layer source (a model in memory, or a folder streamed layer by layer)."""
     world = world or World()
@@ -250,7 +264,9 @@ def compress_source(
         "precision": options.stats().precision,
     }
     fisher = _fisher(model, method, windows, stats, members, result)
-    teacher = copy.deepcopy(model) if config.refine == "distill" else None
+    seed = calibration.seed if isinstance(calibration, (CalibrationWindows, CalibrationStats)) else 0
+    distillation = plan_distillation(config, windows, refinement, seed)  # checked before any heavy work
+    teacher = copy.deepcopy(model) if distillation is not None else None
     groups, ranks, stats = _auto_structure(
         model, method, members, groups, ranks, stats, fisher, config, result, calibration
     )
@@ -280,10 +296,8 @@ def compress_source(
     result.calibration_seconds += total - fitter.seconds
     result.exact, result.local = fitter.exact, fitter.local
     result.block = {layer: refinement.to_dict() for layer, refinement in fitter.block.items()}
-    if teacher is not None:
-        assert windows is not None
-        seed = calibration.seed if isinstance(calibration, (CalibrationWindows, CalibrationStats)) else 0
-        result.distill = distill(model, teacher, windows, config.steps, config.refine_lr, seed).to_dict()
+    if teacher is not None and distillation is not None:
+        run_distillation_(model, teacher, result, distillation, on_closed_form)
         del teacher
     _report(model, result, groups, ranks, fitter)
     model.ngc_compression = result

@@ -48,6 +48,16 @@ class CompressionConfig:
     # output MSE), "distill" (KL to the dense model); None = the method's default (aa-svd: block, else none)
     refine_steps: int = 0  # 0 = the mode's default (REFINE_STEPS)
     refine_lr: float = 1e-3  # relative step: about this fraction of each factor's mean magnitude
+    # distillation (SPEC §5; ngc.refine.options): data, token budget, batch, schedule, held-out early stopping
+    refine_data: str | None = None  # corpus name or text file; None = the calibration corpus's split, all of it
+    refine_tokens: int = 0  # token budget (steps = tokens // (batch x accum x window)); 0 = refine_steps
+    refine_batch: int = 1  # windows per forward pass
+    refine_accum: int = 1  # forward passes per optimizer step
+    refine_warmup: float = 0.05  # fraction of the steps with a linear warm-up, then cosine decay
+    refine_heldout: int | None = None  # tokens held out (whole windows at the data's end) for early stopping;
+    # 0 = none; None = 4096, or one window in ten of shorter data
+    refine_eval_every: int = 0  # held-out KL every K steps; 0 = about ten times per run
+    refine_patience: int = 3  # evaluations without improvement before stopping; 0 = never stop early
     asvd_alpha: float = 0.5
     whitening: str | None = None  # "cholesky" (checked, eigen fallback) or "eigen"; None = the method's default
     rank_multiple: int = 1  # round every rank down to a multiple of this (8 to 128 for GPU kernels)
@@ -73,6 +83,9 @@ class CompressionConfig:
             raise UsageError(f"rank multiple {self.rank_multiple} must be at least 1", hint="e.g. --rank-multiple 64")
         if self.refine_steps < 0 or self.refine_lr <= 0:
             raise UsageError("refinement needs steps >= 0 and a positive learning rate")
+        from ngc.refine.options import check_refine_fields
+
+        check_refine_fields(self)
         if self.alloc is None:
             object.__setattr__(self, "alloc", defaults["alloc"])
         if self.sequential is None:

@@ -80,6 +80,41 @@ def compress_command(
     refine_lr: Annotated[
         float, typer.Option(metavar="LR", help="Relative step size of refinement (fraction of a factor's mean |x|).")
     ] = 1e-3,
+    refine_data: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME|FILE",
+            help="Distillation data: a corpus (its train split, else validation; never test) or a text file, cut "
+            "into windows of --calib-len tokens. Default: the calibration corpus's split, all of it.",
+        ),
+    ] = None,
+    refine_tokens: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="Distillation budget in tokens: steps = N // (batch x accum x --calib-len). 0 = --refine-steps.",
+        ),
+    ] = 0,
+    refine_batch: Annotated[int, typer.Option(metavar="B", help="Distillation windows per forward pass.")] = 1,
+    refine_accum: Annotated[int, typer.Option(metavar="A", help="Distillation forward passes per step.")] = 1,
+    refine_warmup: Annotated[
+        float, typer.Option(metavar="F", help="Fraction of distillation steps with a linear warm-up (then cosine).")
+    ] = 0.05,
+    refine_heldout: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Tokens (whole windows at the data's end) held out for early stopping; the factors with the lowest "
+            "held-out KL are kept. 0 = none. Default: 4096, or one window in ten of shorter data.",
+            show_default=False,
+        ),
+    ] = None,
+    refine_eval_every: Annotated[
+        int, typer.Option(metavar="K", help="Held-out KL every K distillation steps (0 = about ten times per run).")
+    ] = 0,
+    refine_patience: Annotated[
+        int, typer.Option(metavar="P", help="Stop after P evaluations without improvement (0 = never stop early).")
+    ] = 3,
     rank_multiple: Annotated[
         int,
         typer.Option(
@@ -188,6 +223,14 @@ def compress_command(
         refine=refine,
         refine_steps=refine_steps,
         refine_lr=refine_lr,
+        refine_data=refine_data,
+        refine_tokens=refine_tokens,
+        refine_batch=refine_batch,
+        refine_accum=refine_accum,
+        refine_warmup=refine_warmup,
+        refine_heldout=refine_heldout,
+        refine_eval_every=refine_eval_every,
+        refine_patience=refine_patience,
         rank_multiple=rank_multiple,
         whitening=whitening,
     )
@@ -207,6 +250,12 @@ def compress_command(
     text = calibration_text(calib_config.source, data_dir) if needs_data and not dry_run else None
     if text is not None:
         check_calibration_request(calib_config.n_windows, calib_config.window_len, text.text)
+    refine_text = None
+    if config.refine == "distill" and not dry_run:
+        from ngc.refine.options import distill_options
+
+        distill_options(config, calib_config.window_len)  # a budget smaller than one step is refused here
+        refine_text = text if refine_data is None else calibration_text(refine_data, data_dir)
 
     run_compression(
         CompressJob(
@@ -214,6 +263,7 @@ def compress_command(
             config=config,
             calib=calib_config,
             text=text,
+            refine_text=refine_text,
             out=out,
             json_out=json_out,
             dtype=dtype,

@@ -28,6 +28,7 @@ class CompressJob:
     config: CompressionConfig
     calib: CalibConfig
     text: Any  # the calibration text (None when the method needs no data, or for --dry-run)
+    refine_text: Any  # the distillation text (None unless --refine distill)
     out: Path | None
     json_out: Path | None
     dtype: str
@@ -45,6 +46,7 @@ class CompressJob:
         """What every rank must agree on."""
         data = asdict(self) | {"config": self.config.to_dict(), "calib": asdict(self.calib)}
         data["text"] = None if self.text is None else len(self.text.text)
+        data["refine_text"] = None if self.refine_text is None else len(self.refine_text.text)
         return data
 
 
@@ -72,7 +74,9 @@ def needs_whole_model(config: CompressionConfig) -> str | None:
     if config.refine == "distill":
         return "distillation trains the whole model"
     if config.alloc == "zero-sum":
-        return "zero-sum allocation (zs-svd) scores components by loss gradients: backward passes through the whole model"
+        return (
+            "zero-sum allocation (zs-svd) scores components by loss gradients: backward passes through the whole model"
+        )
     if config.alloc != "uniform" or config.topology == AUTO:
         return "auto allocation and auto topology compare every group before fitting any"
     return None
@@ -133,6 +137,16 @@ def _calibration(job: CompressJob, tokenizer: Any, bos: int | None, context: int
     return CalibrationWindows(windows, job.text.name, job.text.split, job.calib.seed)
 
 
+def _refinement(job: CompressJob, tokenizer: Any, bos: int | None):
+    from ngc.data.windows import tokenize_text
+    from ngc.refine.data import RefinementData
+
+    if job.refine_text is None:
+        return None
+    text = job.refine_text
+    return RefinementData(tokenize_text(tokenizer, text.text), text.name, text.split, bos)
+
+
 def _run_streamed(job: CompressJob, folder: Path, device: str, world, console: Console) -> None:
     from transformers import AutoTokenizer
 
@@ -179,14 +193,37 @@ def _run_in_memory(job: CompressJob, device: str, world, console: Console) -> No
         _print_plan(job, loaded.model, console)
         return
     calibration = _calibration(job, loaded.tokenizer, loaded.bos_token_id, loaded.context_len)
-    result = compress(loaded.model, job.config, calibration, _options(job, device))
-    if world.is_main:
-        assert job.out is not None
-        base = base_record(loaded.model, result) | {
-            "name": job.model,
-            "folder": str(loaded.folder) if loaded.folder else None,
-        }
-        save_checkpoint(loaded.model, loaded.tokenizer, job.out, result, base, dtype=job.save_dtype, force=job.force)
+    refinement = _refinement(job, loaded.tokenizer, loaded.bos_token_id)
+    written = False  # with distillation the closed-form checkpoint is written first; the refined one replaces it
+
+    def save(model, result) -> None:
+        nonlocal written
+        if world.is_main:
+            assert job.out is not None
+            base = base_record(model, result) | {
+                "name": job.model,
+                "folder": str(loaded.folder) if loaded.folder else None,
+            }
+            force = job.force or written
+            extra = {"distill": result.distill} if result.distill is not None else None  # "pending" until done
+            save_checkpoint(
+                model, loaded.tokenizer, job.out, result, base, dtype=job.save_dtype, force=force, extra=extra
+            )
+            written = True
+
+    def save_closed_form(model, result) -> None:
+        save(model, result)
+        console.print(f"wrote the closed-form checkpoint {job.out} (replaced once distillation completes)")
+
+    result = compress(
+        loaded.model,
+        job.config,
+        calibration,
+        _options(job, device),
+        refinement=refinement,
+        on_closed_form=save_closed_form if refinement is not None else None,
+    )
+    save(loaded.model, result)
     world.barrier()
     _report(job, result, world, console)
 
