@@ -131,3 +131,33 @@ def by_correctness(models: Mapping[str, Sequence[Mapping[str, object]]], title: 
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def metric_vs_budget(
+    panels: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    path: str | Path,
+    reference: float | None = None,
+) -> Path:
+    """One panel per key (e.g. a ratio), one line per method: ``panels[panel][method] = [(budget, value), ...]``;
+    the x axis is linear up to the smallest positive budget and logarithmic above (budget 0 stays visible)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for ax, (panel, series) in zip(axes[0], panels.items(), strict=True):
+        positive = [x for points in series.values() for x, _ in points if x > 0]
+        for method, points in series.items():
+            points = sorted(points)
+            ax.plot([x for x, _ in points], [v for _, v in points], marker="o", label=method)
+        if positive:
+            ax.set_xscale("symlog", linthresh=min(positive))
+        if reference is not None:
+            ax.axhline(reference, color="grey", linestyle="--", linewidth=0.9, label="dense")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return _save(fig, path)

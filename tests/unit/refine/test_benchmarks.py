@@ -1,0 +1,44 @@
+"""The refinement benchmarks run end to end on a tiny model (their figures are measurements, never asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_refine_curve_writes_every_cell_resumes_and_plots(tmp_path, tiny_folders, text_file):
+    curve = load_script("refine_curve")
+    out, plot = tmp_path / "curve.json", tmp_path / "curve.png"
+    common = ["--model", str(tiny_folders["llama"]), "--calib", str(text_file), "--ppl-data", str(text_file)]
+    common += ["--calib-samples", "2", "--calib-len", "32", "--ppl-len", "32", "--ppl-windows", "2"]
+    common += ["--methods", "svd-llm,ngc", "--ratios", "0.4", "--out", str(out)]
+    curve.run(curve.parse_args([*common, "--budgets", "0,96"]))
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["method"], r["budget"]) for r in rows] == [("svd-llm", 0), ("svd-llm", 96), ("ngc", 0), ("ngc", 96)]
+    refined = rows[1]["distill"]
+    assert refined["steps"] == 96 // 32 and refined["data"]["source"] == str(text_file)
+    curve.run(curve.parse_args([*common, "--budgets", "0,96,160", "--resume", "--plot", str(plot)]))
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 6 and rows[-1]["budget"] == 160 and rows[-1]["distill"]["steps"] == 5
+    assert plot.stat().st_size > 0
+
+
+def test_distill_step_reports_the_ratio_to_a_dense_forward(tmp_path):
+    bench = load_script("distill_step")
+    out = tmp_path / "step.json"
+    bench.main(["--model", "tests-tiny", "--window", "32", "--steps", "1", "--forward-repeats", "1", "--out", str(out)])
+    payload = json.loads(out.read_text())
+    assert set(payload["steps"]) == set(bench.VARIANTS) and payload["threads"]["torch"] == 1
+    assert all(row["dense_forwards"] > 0 for row in payload["steps"].values())
