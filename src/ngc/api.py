@@ -50,6 +50,9 @@ class GroupReport:
     loss: float  # truncation loss in the method's metric
     relative_loss: float
     ridge: float
+    factorisation: str | None = None  # whitening: "cholesky" or "eigh" (asked for, or the Cholesky fallback)
+    condition: float | None = None  # cholesky: min L_ii² / max C_ii; eigh: λ_min / λ_max (or the rejected factor's)
+    floored: int = 0  # eigenvalues raised to the floor
 
 
 @dataclass
@@ -388,9 +391,19 @@ def _report(model, result, groups, ranks, fitter) -> None:
             fitter.fitted[g.id].loss,
             fitter.fitted[g.id].relative_loss,
             fitter.fitted[g.id].ridge,
+            fitter.fitted[g.id].factorisation,
+            fitter.fitted[g.id].condition,
+            fitter.fitted[g.id].floored,
         )
         for g in groups
     ]
+    fallback = [g for g in result.groups if g.factorisation == "eigh" and result.config.whitening == "cholesky"]
+    if fallback:
+        result.warnings.append(
+            f"{len(fallback)} group(s) had a Cholesky factor with rounding-level pivots and were whitened by an "
+            f"eigendecomposition instead ({sum(g.floored for g in fallback)} eigenvalues floored): "
+            f"{', '.join(g.id for g in fallback[:6])}"
+        )
     ridged = [g for g in result.groups if g.ridge > 0]
     if ridged:
         result.warnings.append(

@@ -18,6 +18,10 @@ class GroupFit:
     B: torch.Tensor  # (n, k) float64
     sigma: torch.Tensor  # all singular values of W_stack S, descending
     ridge: float
+    # how C was factorised (whitening only): "cholesky" or "eigh", its condition, eigenvalues floored (whiten.py)
+    factorisation: str | None = None
+    condition: float | None = None
+    floored: int = 0
 
     @property
     def rank(self) -> int:
@@ -82,4 +86,13 @@ def fit_group(weights: Sequence[torch.Tensor], rank: int, transform: Transform) 
     A, V_k, sigma = truncated_svd(transform.apply(W), rank)  # (M, k), (n, k)
     B = transform.unapply_basis(V_k)  # (n, k)
     sizes = [int(w.shape[0]) for w in weights]
-    return GroupFit(tuple(A.split(sizes, dim=0)), B, sigma, transform.ridge)
+    whitened = transform.factor is not None and transform.factor.dim() == 2
+    return GroupFit(
+        tuple(A.split(sizes, dim=0)),
+        B,
+        sigma,
+        transform.ridge,
+        transform.factorisation if whitened else None,
+        transform.condition if whitened else None,
+        transform.floored,
+    )

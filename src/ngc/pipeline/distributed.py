@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -75,16 +76,23 @@ class World:
             assert fit is not None
             # contiguous: solvers return column-major results, and a collective sends the storage as it lies
             tensors = [t.to(device).contiguous() for t in (*fit.A, fit.B, fit.sigma)]
-            ridge = torch.tensor([fit.ridge], dtype=torch.float64, device=device)
+            # ridge, condition (NaN: none), eigenvalues floored, factorisation (0 none, 1 cholesky, 2 eigh)
+            kind = {None: 0.0, "cholesky": 1.0, "eigh": 2.0}[fit.factorisation]
+            condition = math.nan if fit.condition is None else fit.condition
+            ridge = torch.tensor([fit.ridge, condition, fit.floored, kind], dtype=torch.float64, device=device)
         else:
             tensors = [torch.empty(m, k, dtype=torch.float64, device=device) for m in rows]
             tensors += [torch.empty(n, k, dtype=torch.float64, device=device)]
             tensors += [torch.empty(count, dtype=torch.float64, device=device)]
-            ridge = torch.empty(1, dtype=torch.float64, device=device)
+            ridge = torch.empty(4, dtype=torch.float64, device=device)
         for tensor in (*tensors, ridge):
             dist.broadcast(tensor, src=owner)
         *A, B, sigma = tensors
-        return GroupFit(tuple(A), B, sigma, float(ridge.item()))
+        value, condition, floored, kind = ridge.tolist()
+        factorisation = {0: None, 1: "cholesky", 2: "eigh"}[int(kind)]
+        return GroupFit(
+            tuple(A), B, sigma, value, factorisation, None if math.isnan(condition) else condition, int(floored)
+        )
 
     def agree(self, what: str, payload: dict) -> None:
         """Refuse to go on when the ranks were started with different arguments."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -136,14 +136,14 @@ class GroupFitter:
         if config.exact and len({m.input_key for m in group.members}) > 1:
             targets = [w.detach().to(device=fit.B.device, dtype=torch.float64) for w in weights]
             A, B, losses = alternate(targets, fit.A, fit.B, covariances)
-            fit, self.exact[group.id] = GroupFit(tuple(A), B, fit.sigma, fit.ridge), (losses[0], losses[-1])
+            fit, self.exact[group.id] = replace(fit, A=tuple(A), B=B), (losses[0], losses[-1])
         if config.refine == "local":
             targets = [w.detach().to(device=fit.B.device, dtype=torch.float64) for w in weights]
             with torch.enable_grad():  # the pipeline's calibration runs under no_grad
                 A, B, self.local[group.id] = refine_local(
                     targets, fit.A, fit.B, covariances, config.steps, config.refine_lr
                 )
-            fit = GroupFit(tuple(A), B, fit.sigma, fit.ridge)
+            fit = replace(fit, A=tuple(A), B=B)
         return fit
 
     def _modules_done(self, ready: Sequence[Group]) -> set[str]:
