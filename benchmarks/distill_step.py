@@ -1,6 +1,8 @@
 """Cost of one distillation step (SPEC §5) in dense forward passes of the same window, on this machine.
 
-One process, one thread (``OMP_NUM_THREADS=1`` and ``torch.set_num_threads(1)``, both recorded). The dense model
+One process, one thread (``OMP_NUM_THREADS=1`` and ``torch.set_num_threads(1)``, both recorded). Costs are this
+process's CPU seconds (``time.process_time``; with one thread, what the arithmetic took, even when other jobs share
+the cores), and wall seconds beside them. The dense model
 is loaded once and compressed by a copy (the factor structure sets the cost, not the fit, so a small calibration
 is the default; a saved checkpoint can be given instead). Measured, each as the median of ``--steps`` steps after
 one warm-up step, with the dense forward of the same window (no grad, no KV cache) measured before and after:
@@ -71,13 +73,14 @@ def compressed_copy(dense: torch.nn.Module, args: argparse.Namespace) -> tuple[t
     }
 
 
-def dense_forward_seconds(dense: torch.nn.Module, window: torch.Tensor, repeats: int) -> list[float]:
+def dense_forward_seconds(dense: torch.nn.Module, window: torch.Tensor, repeats: int) -> list[tuple[float, float]]:
+    """(CPU, wall) seconds of each dense forward of ``window`` (no grad, no KV cache)."""
     times = []
     with torch.no_grad():
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             dense(input_ids=window, use_cache=False)
-            times.append(time.perf_counter() - start)
+            times.append((time.process_time() - start_cpu, time.perf_counter() - start))
     return times
 
 
@@ -93,8 +96,8 @@ def message_scopes(model: torch.nn.Module, enabled: bool, saved: dict[int, tuple
                     hook.bases = ()
 
 
-def distill_steps(student, teacher, window: torch.Tensor, steps: int, cache: bool) -> list[float]:
-    """Seconds of each step after the first (warm-up), on one window repeated."""
+def distill_steps(student, teacher, window: torch.Tensor, steps: int, cache: bool) -> list[tuple[float, float]]:
+    """(CPU, wall) seconds of each step after the first (warm-up), on one window repeated."""
     params = factor_parameters(student)
     before = [p.detach().clone() for p in params]
     options = DistillOptions(steps=steps + 1, lr=1e-4, warmup=0.0, teacher_cache_bytes=2**31 if cache else 0)
@@ -102,7 +105,7 @@ def distill_steps(student, teacher, window: torch.Tensor, steps: int, cache: boo
     with torch.no_grad():
         for p, value in zip(params, before, strict=True):
             p.copy_(value)
-    return report.step_seconds[1:]
+    return list(zip(report.step_cpu_seconds, report.step_seconds, strict=True))[1:]
 
 
 def naive_steps(student, teacher, window: torch.Tensor, steps: int) -> list[float]:
@@ -115,14 +118,14 @@ def naive_steps(student, teacher, window: torch.Tensor, steps: int) -> list[floa
     optimizer = torch.optim.Adam([{"params": [p], "lr": 1e-7} for p in params])
     times = []
     for _ in range(steps + 1):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         with torch.no_grad():
             target = teacher(input_ids=window).logits
         loss = kl_to_teacher(student(input_ids=window).logits, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        times.append(time.perf_counter() - start)
+        times.append((time.process_time() - start_cpu, time.perf_counter() - start))
     with torch.no_grad():
         for p, value in zip(params, before, strict=True):
             p.copy_(value)
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(args.seed + 1)
     window = torch.randint(0, vocab_size(dense), (args.batch, args.window), generator=generator)
     forward = dense_forward_seconds(dense, window, args.forward_repeats)
-    steps: dict[str, list[float]] = {}
+    steps: dict[str, list[tuple[float, float]]] = {}
     for variant in args.variants:
         if variant == "naive":
             steps[variant] = naive_steps(student, dense, window, args.steps)
@@ -150,7 +153,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             steps[variant] = distill_steps(student, dense, window, args.steps, cache=variant == "cached")
         forward += dense_forward_seconds(dense, window, args.forward_repeats)
-    dense_median = statistics.median(forward)
+    dense_cpu = statistics.median(cpu for cpu, _ in forward)
+    dense_wall = statistics.median(wall for _, wall in forward)
     return {
         "settings": vars(args) | {"variants": list(args.variants)},
         "threads": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "torch": torch.get_num_threads()},
@@ -158,13 +162,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__,
         "model": setup,
         "window": {"batch": args.batch, "tokens": args.window, "content": "seeded random token ids"},
-        "dense_forward_seconds": forward,
-        "dense_forward_median_seconds": dense_median,
+        "dense_forward": {
+            "cpu_seconds": [c for c, _ in forward],
+            "wall_seconds": [w for _, w in forward],
+            "median_cpu_seconds": dense_cpu,
+            "median_wall_seconds": dense_wall,
+        },
         "steps": {
             name: {
-                "seconds": times,
-                "median_seconds": statistics.median(times),
-                "dense_forwards": statistics.median(times) / dense_median,
+                "cpu_seconds": [c for c, _ in times],
+                "wall_seconds": [w for _, w in times],
+                "median_cpu_seconds": statistics.median(c for c, _ in times),
+                "dense_forwards": statistics.median(c for c, _ in times) / dense_cpu,
+                "dense_forwards_wall": statistics.median(w for _, w in times) / dense_wall,
             }
             for name, times in steps.items()
         },
@@ -199,8 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     for name, row in payload["steps"].items():
-        print(f"{name}: {row['median_seconds']:.3f} s per step = {row['dense_forwards']:.2f} dense forwards")
-    print(f"dense forward {payload['dense_forward_median_seconds']:.3f} s; wrote {args.out}")
+        print(
+            f"{name}: {row['median_cpu_seconds']:.3f} CPU s per step = {row['dense_forwards']:.2f} dense forwards "
+            f"({row['dense_forwards_wall']:.2f} by wall clock)"
+        )
+    print(f"dense forward {payload['dense_forward']['median_cpu_seconds']:.3f} CPU s; wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -241,6 +241,8 @@ def compress_source(
     method, members, groups, ranks = plan(model, config)
     _check_weights(model, members)
     windows, stats = _check_calibration(method, config, calibration)
+    seed = calibration.seed if isinstance(calibration, (CalibrationWindows, CalibrationStats)) else 0
+    distillation = plan_distillation(config, windows, refinement, seed)  # checked before any heavy work
     if config.refine == "block" and world.size > 1:
         raise UsageError(
             "block refinement runs in one process (its steps would need gradients summed across ranks)",
@@ -267,8 +269,6 @@ def compress_source(
         "precision": options.stats().precision,
     }
     fisher = _fisher(model, method, windows, stats, members, result)
-    seed = calibration.seed if isinstance(calibration, (CalibrationWindows, CalibrationStats)) else 0
-    distillation = plan_distillation(config, windows, refinement, seed)  # checked before any heavy work
     teacher = copy.deepcopy(model) if distillation is not None else None
     groups, ranks, stats = _auto_structure(
         model, method, members, groups, ranks, stats, fisher, config, result, calibration
@@ -299,11 +299,11 @@ def compress_source(
     result.calibration_seconds += total - fitter.seconds
     result.exact, result.local = fitter.exact, fitter.local
     result.block = {layer: refinement.to_dict() for layer, refinement in fitter.block.items()}
+    _report(model, result, groups, ranks, fitter)
+    model.ngc_compression = result
     if teacher is not None and distillation is not None:
         run_distillation_(model, teacher, result, distillation, on_closed_form)
         del teacher
-    _report(model, result, groups, ranks, fitter)
-    model.ngc_compression = result
     return result
 
 

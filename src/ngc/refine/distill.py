@@ -50,7 +50,8 @@ class DistillReport:
     losses: list[float] = field(default_factory=list)  # training KL per step
     heldout: list[tuple[int, float]] = field(default_factory=list)  # (steps done, held-out KL)
     best_step: int | None = None  # steps done when the kept factors were seen (held-out runs)
-    step_seconds: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  # wall clock
+    step_cpu_seconds: list[float] = field(default_factory=list)  # this process's CPU time (robust on a shared machine)
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -66,6 +67,7 @@ class DistillReport:
             "heldout": [list(point) for point in self.heldout],
             "best_step": self.best_step,
             "median_step_seconds": statistics.median(self.step_seconds) if self.step_seconds else None,
+            "median_step_cpu_seconds": statistics.median(self.step_cpu_seconds) if self.step_cpu_seconds else None,
             "seconds": self.seconds,
             "options": self.options,
             "data": self.data,
@@ -308,9 +310,10 @@ def _train(run: _Run, report: DistillReport, initial: list[torch.Tensor]) -> Non
             return
     interval = options.evaluation_interval()
     for step in progress(range(options.steps), desc="distillation (steps)", unit="step"):
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.process_time()
         loss = run.step(step)
         report.step_seconds.append(time.perf_counter() - began)
+        report.step_cpu_seconds.append(time.process_time() - began_cpu)
         if not math.isfinite(loss):
             _diverged(report, params, initial, step, "the training loss")
             return
