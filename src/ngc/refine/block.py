@@ -4,9 +4,10 @@ fed what the compressed prefix produces (``X̂``), reproduces the dense layer's 
 It captures what the per-linear closed form cannot: the softmax and gating between a layer's linears. Only the
 factors are trained (every ``A`` of the layer's :class:`FactorizedLinear` modules and the bases owned by the
 layer; a basis shared with other layers stays fixed, since those layers have already run or not yet). The loss
-is the output MSE normalised by the dense outputs' energy, ``Σ‖f̂(X̂) − f(X)‖² / Σ‖f(X)‖²``, measured on every
-calibration batch before and after; one step takes one batch, in turn. When the steps do not lower the measured
-loss the factors are restored, so refinement never makes a layer worse on its calibration data.
+is the output MSE normalised by the dense outputs' energy, ``Σ‖f̂(X̂) − f(X)‖² / Σ‖f(X)‖²``, measured before and
+after on the first ``MEASURED_BATCHES`` calibration batches (two extra passes of the layer over all of them would
+cost as much as the steps); one step takes one batch, in turn. When the steps do not lower the measured loss the
+factors are restored, so refinement does not make a layer worse on the batches it is measured on.
 
 Step size: as the local refinement, relative: each factor tensor moves by about ``lr`` times its mean absolute
 entry per step (Adam's step is about its lr whatever the gradient's scale). AA-SVD's recipe is 25 steps.
@@ -24,6 +25,9 @@ from torch import nn
 from ngc.calib.layers import run_layer
 from ngc.modules.factorized import FactorizedLinear
 
+#: calibration batches the loss is measured on before and after the steps
+MEASURED_BATCHES = 8
+
 
 @dataclass(frozen=True)
 class BlockRefinement:
@@ -34,6 +38,7 @@ class BlockRefinement:
     steps: int
     parameters: int  # trained parameters (factors of this layer)
     kept: bool  # False: the steps did not lower the loss and the factors were restored
+    measured_batches: int = 0  # batches the two losses are measured on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,9 +89,10 @@ def refine_block(
     mode; every other parameter of the layer is frozen during the steps and restored after.
     """
     n_batches = len(kwargs)
-    before = _normalised_mse(layer, inputs, targets, kwargs, n_batches)
+    measured = min(n_batches, MEASURED_BATCHES)
+    before = _normalised_mse(layer, inputs, targets, kwargs, measured)
     if not params or steps == 0 or n_batches == 0:
-        return BlockRefinement(before, before, 0, 0, False)
+        return BlockRefinement(before, before, 0, 0, False, measured)
     saved = [p.detach().clone() for p in params]
     flags = {p: p.requires_grad for p in layer.parameters()}
     trained = {id(p) for p in params}
@@ -106,11 +112,11 @@ def refine_block(
         optimizer.zero_grad(set_to_none=True)
         for p, flag in flags.items():
             p.requires_grad_(flag)
-    after = _normalised_mse(layer, inputs, targets, kwargs, n_batches)
+    after = _normalised_mse(layer, inputs, targets, kwargs, measured)
     kept = after < before
     if not kept:
         with torch.no_grad():
             for p, value in zip(params, saved, strict=True):
                 p.copy_(value)
         after = before
-    return BlockRefinement(before, after, steps, sum(p.numel() for p in params), kept)
+    return BlockRefinement(before, after, steps, sum(p.numel() for p in params), kept, measured)
