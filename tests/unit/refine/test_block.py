@@ -170,3 +170,16 @@ def test_svd_llm_v2_reports_its_ratios_averaging_to_r_per_role():
     report = result.allocation
     assert report["rule"] == "v2"
     assert 0.29 <= result.accounting.ratio_removed <= 0.33
+
+
+@pytest.mark.parametrize("topology", ["intra", "cross-2"])
+def test_ngc_groups_take_the_zero_sum_allocation_and_block_refinement(topology):
+    model = build_tiny_model("llama").eval()
+    config = CompressionConfig(method="ngc", topology=topology, ratio=0.3, alloc="zero-sum", refine="block")
+    result = compress(model, config, calibration())
+    assert result.allocation["rule"] == "zero-sum"
+    assert result.accounting.ratio_removed >= 0.3 - 1e-9
+    assert result.block and all(r["after"] <= r["before"] for r in result.block.values())
+    if topology == "intra":  # q, k, v scored as one stack: fitted together, or left dense together
+        names = [g.id for g in result.groups] + list(result.allocation["dense"])
+        assert sum(name.endswith(":q+k+v") for name in names) == 2
