@@ -188,3 +188,18 @@ def test_bench_finds_the_base_by_its_record_and_hash_not_the_current_folder(caps
     assert cli.run(bench) == 2
     err = capsys.readouterr().err
     assert "was not found" in err and "(other weights)" in err and "--reference" in err
+
+
+def test_bench_compile_flag_reports_the_mode_and_compile_time(capsys, tmp_path, monkeypatch, tiny_folders, text_file):
+    monkeypatch.setattr(speed, "compile_model", _aot_eager)
+    ckpt, out = tmp_path / "ckpt", tmp_path / "bench.json"
+    args = ["compress", str(tiny_folders["llama"]), "--method", "ngc", "--ratio", "0.5", "--calib", str(text_file)]
+    assert cli.run([*args, "--calib-samples", "4", "--calib-len", "32", "--out", str(ckpt)]) == 0
+    capsys.readouterr()
+    bench = ["bench", str(ckpt), "--shapes", "1x8", "--decode", "1x4+2", "--repeats", "1", "--warmup", "0"]
+    assert cli.run([*bench, "--no-memory", "--compile", "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "compiled" in captured.out and "compile (first calls" in captured.err and "ranks: every rank" in captured.err
+    payload = json.loads(out.read_text())
+    assert payload["mode"] == "compiled" and set(payload["compile_seconds"]) == {"model", "reference"}
+    assert payload["compile_error"] is None and isinstance(payload["rank_alignment"], int)
