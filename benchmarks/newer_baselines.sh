@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# svd-llm-v2, aa-svd and zs-svd (and svd-llm as the reference) on SmolLM2-135M: one compress + one WikiText-2 eval
+# per cell, the protocol of baselines_smollm2 (64 x 512 calibration, seed 0; test perplexity on the first 16 windows
+# of 2048 tokens). Each cell's compress/eval JSON and wall times go to benchmarks/results/newer_baselines_smollm2/;
+# benchmarks/newer_baselines_table.py gathers them into newer_baselines_smollm2.json.
+# Usage: NGC_DATA_DIR=/path/to/data benchmarks/newer_baselines.sh METHOD@RATIO [...]   e.g. aa-svd@0.4 svd-llm-v2@0.2
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NGC=${NGC:-.venv/bin/ngc}
+OUT=benchmarks/results/newer_baselines_smollm2
+mkdir -p "$OUT"
+for cell in "$@"; do
+  method=${cell%@*}; ratio=${cell#*@}
+  ckpt=$(mktemp -d)/ckpt
+  start=$(date +%s)
+  $NGC compress smollm2-135m --method "$method" --ratio "$ratio" --calib-samples 64 --calib-len 512 --out "$ckpt" \
+    --json "$OUT/${method}@${ratio}.compress.json"
+  mid=$(date +%s)
+  $NGC eval "$ckpt" --ppl wikitext2 --max-windows 16 --json "$OUT/${method}@${ratio}.eval.json"
+  echo "{\"compress_seconds\": $(( mid - start )), \"eval_seconds\": $(( $(date +%s) - mid ))}" > "$OUT/${method}@${ratio}.wall.json"
+  rm -rf "$(dirname "$ckpt")"
+done

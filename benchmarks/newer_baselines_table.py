@@ -1,0 +1,58 @@
+"""Gather benchmarks/newer_baselines.sh cells into benchmarks/results/newer_baselines_smollm2.json (and print them).
+
+Each cell: the commands, WikiText-2 test perplexity, tokens, measured ratio removed, MAC ratio, wall times.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CELLS = RESULTS / "newer_baselines_smollm2"
+
+
+def cell(label: str) -> dict:
+    compress = json.loads((CELLS / f"{label}.compress.json").read_text())
+    evaluated = json.loads((CELLS / f"{label}.eval.json").read_text())["ppl"]["wikitext2"]
+    wall = json.loads((CELLS / f"{label}.wall.json").read_text())
+    method, ratio = label.split("@")
+    accounting = compress["result"]["accounting"] if "result" in compress else compress["accounting"]
+    return {
+        "commands": [
+            f"ngc compress smollm2-135m --method {method} --ratio {ratio} --calib-samples 64 --calib-len 512 --out DIR",
+            "ngc eval DIR --ppl wikitext2 --max-windows 16",
+        ],
+        "ppl": evaluated["ppl"],
+        "tokens": evaluated["tokens"],
+        "window_len": evaluated["window_len"],
+        "ratio_removed": accounting["ratio_removed"],
+        "mac_ratio": accounting["mac_ratio"],
+        "dense_modules": len(accounting["dense_modules"]),
+        **wall,
+    }
+
+
+def main() -> None:
+    labels = sorted(p.name.removesuffix(".wall.json") for p in CELLS.glob("*.wall.json"))
+    table = {label: cell(label) for label in labels}
+    record = {
+        "settings": {
+            "model": "smollm2-135m",
+            "calib_samples": 64,
+            "calib_len": 512,
+            "seed": 0,
+            "eval_len": 2048,
+            "eval_windows": 16,
+            "dtype": "float32",
+        },
+        "note": "wall times from a 2-core CPU shared with other jobs (OMP_NUM_THREADS=1); not a speed measurement",
+        "cells": table,
+    }
+    (RESULTS / "newer_baselines_smollm2.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    for label, row in table.items():
+        print(f"{label:18s} ppl {row['ppl']:9.3f}  R {row['ratio_removed']:.4f}  compress {row['compress_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
