@@ -23,6 +23,7 @@ from ngc.config import CompressionConfig
 from ngc.fit.allocate import uniform_rank, v2_ranks
 from ngc.fit.closed_form import spectrum
 from ngc.fit.methods import Method, group_transform
+from ngc.fit.whiten import Transform
 from ngc.fit.zero_sum import candidates, component_scores, zero_sum_select
 from ngc.pipeline.fitting import member_weight
 from ngc.progress import progress
@@ -40,7 +41,9 @@ class Allocation:
     gradient_seconds: float = 0.0
 
 
-def _transform(method: Method, group: Group, moments: Mapping[str, InputMoments], config: CompressionConfig):
+def _transform(
+    method: Method, group: Group, moments: Mapping[str, InputMoments], config: CompressionConfig
+) -> Transform:
     return group_transform(method, group, moments, None, config.asvd_alpha, config.whitening)
 
 
