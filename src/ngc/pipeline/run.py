@@ -13,7 +13,8 @@ For each decoder layer, in order:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import nn
 from ngc.arch import decoder_layers
 from ngc.calib.layers import record_layer_calls, run_layer
 from ngc.calib.moments import InputMoments, default_precision
+from ngc.errors import NgcError
 from ngc.pipeline.calibrate import (
     StatsOptions,
     Streams,
@@ -134,41 +136,72 @@ def run_pipeline(
     streams = None
     if stats is None and windows is not None:
         streams = record_streams(model, world.share(windows), options, sequential or refine_block is not None)
-    stats_options = options.stats()
     in_flight: list[int] = []
     for index in progress(range(len(layers)), desc="compressing (layers)", unit="layer"):
         if index > last and sink is None:
             break
-        layer = source.onload(index)
-        here = members_of.get(index, [])
-        prefix = layer_prefix(model, index)
-        if here and stats is not None:
-            fitter.add({key: value for key, value in stats.items() if key.startswith(f"L{index}:")})
-            fitter.fit_ready()
-        elif here and streams is not None and sequential:
-
-            def fit_ready(moments: dict[str, InputMoments]) -> None:
-                fitter.add(moments)
-                fitter.fit_ready()
-
-            calibrate_sequential(layer, index, prefix, here, streams, stats_options, world, fit_ready, refine_block)
-        elif here and streams is not None:
-            fitter.add(calibrate_layer(layer, index, prefix, here, streams, stats_options, world))
-            fitter.fit_ready()
-            if refine_block is not None:  # dense stream advanced by the dense layer; now the compressed one
-                refine_block(layer, index, streams)
-                advance_compressed(layer, index, streams)
-        elif streams is not None and index <= last:
-            _advance(layer, index, streams)
-        elif here:  # methods without statistics (plain SVD): nothing to wait for
-            fitter.seen.update(m.input_key for m in here)
-            fitter.fit_ready()
+        with _device_memory(index, options):
+            _one_layer(source, index, members_of.get(index, []), last, fitter, streams, stats, options, world)
         in_flight.append(index)
         if all(fitter.layer_complete(i) for i in in_flight):
             source.release(in_flight, sink)
             in_flight = []
     source.release(in_flight, sink)
     source.finish(sink)
+
+
+@contextmanager
+def _device_memory(index: int, options: PipelineOptions) -> Iterator[None]:
+    """A layer that does not fit on the device is one clear error, with what to change."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise NgcError(
+            f"layer {index} with its calibration batch does not fit on {options.device}: {str(exc).splitlines()[0]}",
+            hint="use --calib-batch 1 and --hidden-on host, a smaller --calib-len, bfloat16 (--dtype), or more "
+            "processes (torchrun) so each holds fewer windows",
+        ) from exc
+
+
+def _one_layer(
+    source: Source,
+    index: int,
+    here: list[Member],
+    last: int,
+    fitter: GroupFitter,
+    streams: Streams | None,
+    stats: Mapping[str, InputMoments] | None,
+    options: PipelineOptions,
+    world: World,
+) -> None:
+    """Onload, calibrate, fit and advance one layer (the stages of the module docstring)."""
+    model = source.model
+    sequential = bool(fitter.config.sequential)
+    stats_options = options.stats()
+    refine_block = fitter.refine_block if fitter.config.refine == "block" else None
+    layer = source.onload(index)
+    prefix = layer_prefix(model, index)
+    if here and stats is not None:
+        fitter.add({key: value for key, value in stats.items() if key.startswith(f"L{index}:")})
+        fitter.fit_ready()
+    elif here and streams is not None and sequential:
+
+        def fit_ready(moments: dict[str, InputMoments]) -> None:
+            fitter.add(moments)
+            fitter.fit_ready()
+
+        calibrate_sequential(layer, index, prefix, here, streams, stats_options, world, fit_ready, refine_block)
+    elif here and streams is not None:
+        fitter.add(calibrate_layer(layer, index, prefix, here, streams, stats_options, world))
+        fitter.fit_ready()
+        if refine_block is not None:  # dense stream advanced by the dense layer; now the compressed one
+            refine_block(layer, index, streams)
+            advance_compressed(layer, index, streams)
+    elif streams is not None and index <= last:
+        _advance(layer, index, streams)
+    elif here:  # methods without statistics (plain SVD): nothing to wait for
+        fitter.seen.update(m.input_key for m in here)
+        fitter.fit_ready()
 
 
 def collect_moments(

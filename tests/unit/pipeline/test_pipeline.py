@@ -186,3 +186,18 @@ def test_ranks_started_with_different_arguments_are_refused(tmp_path):
     done = subprocess.run([*command, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "started with different arguments" in done.stdout
+
+
+def test_a_layer_that_does_not_fit_on_the_device_is_one_clear_error(tmp_path, monkeypatch):
+    from ngc.errors import NgcError
+
+    folder = save_tiny_model("llama", tmp_path / "dense")
+
+    def no_room(self, index):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(FolderSource, "onload", no_room)
+    with pytest.raises(NgcError, match="layer 0 with its calibration batch does not fit") as error:
+        compress_folder(folder, tmp_path / "ckpt", CompressionConfig(method="svd-llm", ratio=0.3), WINDOWS)
+    assert "--calib-batch 1" in error.value.hint
+    assert not (tmp_path / "ckpt").exists()  # nothing partial where the checkpoint is expected
