@@ -49,7 +49,7 @@ def compress_command(
         typer.Option(
             "--sequential/--no-sequential",
             help="Fit each layer on what the already-compressed layers feed it, with the dense outputs as target "
-            "(whitening methods: svd-llm, basis-sharing, ngc). Default: the method's own.",
+            "(whitening methods: svd-llm, basis-sharing, ngc, svd-llm-v2, aa-svd, zs-svd). Default: the method's own.",
             show_default=False,
         ),
     ] = None,
