@@ -67,7 +67,8 @@ def compress_command(
             metavar="none|local|block|distill",
             help="Refinement after the closed form (SPEC §5): per-group output MSE (local), each decoder layer's "
             "output MSE against the dense layer (block, AA-SVD's; whitening methods), or KL to the dense model on "
-            "the calibration windows (distill). The parameter count never changes. Default: the method's own "
+            "refinement data (distill: see --refine-data, --refine-tokens). The parameter count never changes. "
+            "Default: the method's own "
             "(aa-svd: block, else none).",
         ),
     ] = None,
