@@ -78,10 +78,23 @@ def _show_library_logs() -> None:
         logger.setLevel(logging.INFO)
 
 
+def _interrupt_on_terminate() -> None:
+    """SIGTERM (a job scheduler, torchrun stopping its ranks, kill) unwinds like Ctrl-C, so that temporary
+    checkpoint folders are removed on the way out instead of being left behind."""
+    import signal
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
     args = sys.argv[1:] if argv is None else argv
     _show_library_logs()
+    if argv is None:
+        _interrupt_on_terminate()
     try:
         # standalone mode: click prints usage errors itself and exits 2; --help and --version exit 0
         app(args=args, prog_name="ngc")

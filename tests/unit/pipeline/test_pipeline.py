@@ -201,3 +201,27 @@ def test_a_layer_that_does_not_fit_on_the_device_is_one_clear_error(tmp_path, mo
         compress_folder(folder, tmp_path / "ckpt", CompressionConfig(method="svd-llm", ratio=0.3), WINDOWS)
     assert "--calib-batch 1" in error.value.hint
     assert not (tmp_path / "ckpt").exists()  # nothing partial where the checkpoint is expected
+
+
+def test_a_terminated_compress_leaves_no_temporary_folder(tmp_path):
+    import signal
+    import time
+
+    folder = save_tiny_model("llama", tmp_path / "dense")
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(f"w{i % 997}" for i in range(60000)))
+    out = tmp_path / "runs" / "ckpt"
+    command = [sys.executable, "-m", "ngc", "compress", str(folder), "--method", "ngc", "--ratio", "0.3"]
+    command += ["--calib", str(text), "--calib-samples", "256", "--calib-len", "256", "--out", str(out)]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "NGC_NO_PROGRESS": "1"}
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.endswith(".tmp") for p in out.parent.glob(".*")) and child.poll() is None:
+        assert time.monotonic() < deadline, "the run never started writing"
+        time.sleep(0.05)
+    assert child.poll() is None, "the run ended before it could be stopped; give it more work"
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr[-2000:]
+    assert not out.exists()
+    assert not [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp")]
