@@ -58,6 +58,8 @@ def test_an_interrupted_refinement_keeps_the_closed_form_checkpoint(
     assert code == 130
     manifest = json.loads((out / "ngc.json").read_text())
     assert manifest["distill"]["status"] == "pending"
+    data = manifest["distill"]["data"]  # the default: the calibration text, all of it (not its 2 windows)
+    assert data["source"] == str(text_file) and data["train_windows"] + data["heldout_windows"] > 2
     capsys.readouterr()
     ppl = ["eval", str(out), "--ppl-file", str(text_file), "--ppl-len", str(WINDOW), "--max-windows", "2"]
     assert cli.run(ppl) == 0 and "ppl" in capsys.readouterr().out
