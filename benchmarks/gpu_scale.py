@@ -120,7 +120,7 @@ def measure(target: str, folder: Path, args: argparse.Namespace, scratch: Path) 
     ngc_args = [
         "compress", str(folder), "--method", "ngc", "--ratio", str(args.ratio),
         "--calib-samples", str(args.calib_samples), "--calib-len", str(args.calib_len),
-        "--dtype", args.dtype, "--save-dtype", "bfloat16", "--device", "cuda",
+        "--dtype", args.dtype, "--save-dtype", "bfloat16", "--device", "cuda", "--calib-batch", str(args.calib_batch),
         "--out", str(out), "--force", "--json", str(report),
     ]  # fmt: skip
     command = [sys.executable, __file__, "--child", str(peak_file), "--", *ngc_args]
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--calib-samples", type=int, default=256)
     parser.add_argument("--calib-len", type=int, default=2048)
+    parser.add_argument("--calib-batch", type=int, default=8, help="calibration windows per forward on the GPU")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--tokenizer", default="smollm2-135m")
     parser.add_argument("--keep", action="store_true", help="keep the compressed checkpoints")
