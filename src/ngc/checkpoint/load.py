@@ -105,6 +105,15 @@ def _attach_quantizer(model: PreTrainedModel, record: dict[str, Any]) -> None:
     model.quantization_method = config.quant_method
 
 
+def detach_quantizer(model: PreTrainedModel) -> None:
+    """Undo :func:`_attach_quantizer` for a model made dense again (``densify``): it saves as a plain folder."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+
+
 def load(
     path: str | Path,
     *,

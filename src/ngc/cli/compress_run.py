@@ -202,7 +202,8 @@ def _run_in_memory(job: CompressJob, device: str, world, console: Console) -> No
             assert job.out is not None
             base = base_record(model, result) | {
                 "name": job.model,
-                "folder": str(loaded.folder) if loaded.folder else None,
+                "folder": str(loaded.folder.resolve()) if loaded.folder else None,
+                "weights_dtype": job.dtype,  # the dtype the hash was taken in
             }
             force = job.force or written
             extra = {"distill": result.distill} if result.distill is not None else None  # "pending" until done

@@ -35,7 +35,7 @@ def export_command(
     from rich.console import Console
 
     from ngc.atomic import atomic_folder, check_output_folder, write_json_atomic
-    from ngc.checkpoint.load import load_checkpoint
+    from ngc.checkpoint.load import detach_quantizer, load_checkpoint
     from ngc.modules.swap import densify
 
     claim_output(dense)
@@ -44,6 +44,7 @@ def export_command(
     console = Console(stderr=True)
     loaded = load_checkpoint(folder)
     replaced = densify(loaded.model)
+    detach_quantizer(loaded.model)  # a dense folder: config.json must not name ngc any more
     with atomic_folder(dense, replace=force) as tmp:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)

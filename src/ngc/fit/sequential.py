@@ -23,8 +23,10 @@ def sequential_target(W: torch.Tensor, moments: InputMoments, what: str = "input
         raise ValueError("sequential moments need the cross moment M")
     C, M = moments.second, moments.cross
     if shrink > 0:
-        bump = shrink * float(C.diagonal().mean()) * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
-        C, M = C + bump, M + bump
+        bump = shrink * float(C.diagonal().mean())
+        C, M = C.clone(), M.clone()  # + bump·I, without building I
+        C.diagonal().add_(bump)
+        M.diagonal().add_(bump)
     transform = whitening(C, what)  # C̃ (+ ridge) = S Sᵀ (Cholesky, or eigh when C̃ is near singular)
     W = W.detach().to(device=C.device, dtype=torch.float64)
     return transform.solve_covariance(M @ W.T).T  # (C̃⁻¹ M Wᵀ)ᵀ

@@ -108,6 +108,15 @@ def eigen_whitening(C: torch.Tensor, condition: float | None = None) -> Transfor
     return Transform(S, 0.0, "eigh", condition, floored)
 
 
+def _with_ridge(C: torch.Tensor, bump: float) -> torch.Tensor:
+    """``C + bump·I`` without building ``I`` (an (n, n) float64 identity is 1 GB at n = 11008); ``C`` itself for 0."""
+    if bump == 0:
+        return C
+    ridged = C.clone()
+    ridged.diagonal().add_(bump)
+    return ridged
+
+
 def whitening(C: torch.Tensor, what: str = "covariance", factorisation: str = "cholesky") -> Transform:
     """Cholesky factor of ``C`` (float64), with the smallest ridge from ``RIDGES`` that makes it positive definite.
 
@@ -131,10 +140,9 @@ def whitening(C: torch.Tensor, what: str = "covariance", factorisation: str = "c
     if factorisation != "cholesky":
         raise ValueError(f"factorisation must be cholesky or eigen, got {factorisation!r}")
     n = C.shape[0]
-    eye = torch.eye(n, dtype=C.dtype, device=C.device)
     noise = n * torch.finfo(C.dtype).eps  # a pivot² below noise·max C_ii is rounding error, not signal
     for ridge in RIDGES:
-        ridged = C + ridge * scale * eye
+        ridged = _with_ridge(C, ridge * scale)
         L, info = torch.linalg.cholesky_ex(ridged)
         if int(info) == 0:
             condition = _pivot_condition(L, ridged)

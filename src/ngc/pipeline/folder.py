@@ -61,7 +61,11 @@ def compress_folder(
         add_guard(writer, groups)
         result = compress_source(source, config, calibration, options, world, sink=writer.add)
         tensor_bytes = writer.finish()
-        base = base_record(source.model, result) | {"name": base_name or str(folder), "folder": str(Path(folder))}
+        base = base_record(source.model, result) | {
+            "name": base_name or str(folder),
+            "folder": str(Path(folder).resolve()),
+            "weights_dtype": str(dtype).removeprefix("torch."),  # the dtype the hash was taken in
+        }
         write_checkpoint_files(tmp, source.model.config, tokenizer, result, base, save_dtype or dtype, tensor_bytes)
     world.barrier()
     return result
