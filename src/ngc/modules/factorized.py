@@ -6,7 +6,7 @@ so the tensor is stored once.
 The message ``z = Bᵀ x`` of a basis is computed once per input, in two ways that hold no activation across calls:
 
 - inside one :class:`FactorizedLinear` (a fused q|k|v module whose parts share a basis), by plain local reuse;
-- across sibling modules that read the same input (q_proj, k_proj, v_proj under one attention module; gate and
+- across sibling modules that read the same input (the q, k and v projections under one attention module; gate and
   up under one MLP), their common parent opens a *message scope* for the length of its own call
   (:func:`share_messages`): inside it the basis reuses the message of an input it has already seen (same tensor,
   unchanged), and when the parent's call ends, normally or by an exception, the scope and its messages are gone.
