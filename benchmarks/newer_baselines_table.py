@@ -33,6 +33,15 @@ def cell(label: str) -> dict:
     }
 
 
+REFERENCE_CELLS = ("svd-llm@0.2", "svd-llm@0.4")
+
+
+def reference(label: str) -> dict:
+    """A cell of benchmarks/results/baselines_smollm2.json (compare.py, same calibration and evaluation)."""
+    row = json.loads((RESULTS / "baselines_smollm2.json").read_text())["cells"][label]
+    return {"ppl": row["ppl"], "tokens": row["tokens"], "source": "benchmarks/results/baselines_smollm2.json"}
+
+
 def main() -> None:
     labels = sorted(p.name.removesuffix(".wall.json") for p in CELLS.glob("*.wall.json"))
     table = {label: cell(label) for label in labels}
@@ -48,6 +57,8 @@ def main() -> None:
         },
         "note": "wall times from a 2-core CPU shared with other jobs (OMP_NUM_THREADS=1); not a speed measurement",
         "cells": table,
+        # the same protocol's earlier cells, for the directions of cells not re-run here
+        "reference": {label: reference(label) for label in REFERENCE_CELLS},
     }
     (RESULTS / "newer_baselines_smollm2.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     for label, row in table.items():
