@@ -60,6 +60,7 @@ class GroupFitter:
     def __post_init__(self) -> None:
         self.pending = list(self.groups)
         self._index = {group.id: i for i, group in enumerate(self.groups)}
+        self._swapped: set[str] = set()
 
     def add(self, moments: Mapping[str, InputMoments]) -> None:
         """Moments of inputs just calibrated (already summed over ranks)."""
@@ -76,13 +77,26 @@ class GroupFitter:
         for group in ready:
             self.fitted[group.id] = self._fit_shared(group)
             self.pending.remove(group)
-        done = [g for g in self.groups if g.id in self.fitted]
-        factorize(self.model, done, self.ranks, self.fitted, modules=self._modules_done(ready), bases=self.bases)
+        modules = self._modules_done(ready)
+        swapping = [g for g in self.groups if g.id in self.fitted and any(m.module in modules for m in g.members)]
+        factorize(self.model, swapping, self.ranks, self.fitted, modules=modules, bases=self.bases)
+        self._swapped |= modules
+        self._keep_only_reports()
         needed = {m.input_key for g in self.pending for m in g.members}
         for key in [k for k in self.available if k not in needed]:
             del self.available[key]
         self.seconds += time.perf_counter() - start
         return ready
+
+    def _keep_only_reports(self) -> None:
+        """A group whose modules are all swapped keeps its spectrum and report, not its float64 factors (they
+        live in the model now; kept, they would grow with depth: 280 MB a layer for 7B's q, k, v)."""
+        for group in self.groups:
+            fit = self.fitted.get(group.id)
+            if fit is None or not fit.A or any(m.module not in self._swapped for m in group.members):
+                continue
+            empty = torch.empty(0, fit.rank, dtype=torch.float64)  # keeps .rank for the report
+            self.fitted[group.id] = replace(fit, A=(), B=empty, sigma=fit.sigma.cpu())
 
     def refine_block(self, layer: nn.Module, index: int, streams: Streams) -> None:
         """Block-wise refinement of decoder layer ``index`` (SPEC §5) on the two streams, before they advance.

@@ -225,3 +225,26 @@ def test_a_terminated_compress_leaves_no_temporary_folder(tmp_path):
     assert child.returncode == 130, stderr[-2000:]
     assert not out.exists()
     assert not [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_fitted_groups_keep_their_reports_not_their_factors():
+    """The float64 factors of a swapped group live in the model; kept in the fitter they would grow with depth."""
+    from ngc.api import plan
+    from ngc.models.tiny import build_tiny_model
+    from ngc.pipeline.distributed import World
+    from ngc.pipeline.fitting import GroupFitter
+    from ngc.pipeline.run import PipelineOptions, collect_moments
+    from ngc.pipeline.source import ModelSource
+
+    model = build_tiny_model("gpt2")  # fused q|k|v: a module waits for all three groups
+    config = CompressionConfig(method="svd-llm", ratio=0.3)
+    method, members, groups, ranks = plan(model, config)
+    moments = collect_moments(ModelSource(model, "cpu"), members, WINDOWS, PipelineOptions(), World())
+    fitter = GroupFitter(model, method, groups, ranks, config)
+    fitter.add(moments)
+    fitter.fit_ready()
+    assert not fitter.pending and set(fitter.fitted) == {g.id for g in groups}
+    for group in groups:
+        fit = fitter.fitted[group.id]
+        assert fit.A == () and fit.B.numel() == 0 and fit.rank == ranks[group.id]
+        assert fit.loss > 0 and 0 < fit.relative_loss < 1
