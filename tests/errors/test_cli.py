@@ -370,3 +370,21 @@ def test_calibration_sizes_are_checked_against_the_data_and_the_model_first(caps
     assert code == 2
     assert_clean_error(err, "--calib-len 600 is longer than the model's context of 512 tokens")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragments"),
+    [
+        (["--calib-batch", "0"], ["--calib-batch 0 must be at least 1"]),
+        (["--stats-precision", "float16"], ["unknown --stats-precision 'float16'", "float64, float32"]),
+        (["--hidden-on", "disk"], ["unknown --hidden-on 'disk'", "auto, device, host"]),
+        (["--method", "fwsvd", "--stream"], ["--stream cannot be used here", "fwsvd's Fisher information"]),
+    ],
+)
+def test_pipeline_options_are_checked_with_the_fix(capsys, tmp_path, tiny_folders, text_file, flags, fragments):
+    args = ["compress", str(tiny_folders["llama"]), "--calib", str(text_file), "--calib-samples", "2"]
+    args += ["--calib-len", "16", "--out", str(tmp_path / "out"), *flags]
+    code, _, err = ngc(capsys, *args)
+    assert code == 2
+    assert_clean_error(err, *fragments)
+    assert not (tmp_path / "out").exists()
