@@ -33,14 +33,7 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("family", tiny_families())
-def test_every_family_compresses_with_every_method_and_generates(family, method, request):
-    if method == "aa-svd":  # known defect, see the check below: its o_proj output differs from A Bᵀ x
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="after block refinement the factorised forward of some "
-                "modules differs from the dense rebuild (open defect)"
-            )
-        )
+def test_every_family_compresses_with_every_method_and_generates(family, method):
     model = build_tiny_model(family).eval()
     ids = torch.randint(0, 250, (1, 12), generator=torch.Generator().manual_seed(1))
     dense = logits(model, ids)

@@ -54,3 +54,22 @@ def test_shrink_moves_the_target_towards_the_weight():
     moments = paired_moments(X_tilde, X)
     distances = [float((sequential_target(W, moments, shrink=s) - W).norm()) for s in (0.0, 0.1, 10.0, 1e6)]
     assert distances == sorted(distances, reverse=True) and distances[-1] < 1e-4
+
+
+def test_singular_prefix_gives_the_exact_target_nearest_the_weight():
+    """X̃ spans 5 of 8 directions (as a GQA attention output does): the target is exact on that span, keeps W
+    on the rest (no 1/λ of rounding-level eigenvalues), and matches the λ → 0 limit of the shrunk target."""
+    g = torch.Generator().manual_seed(7)
+    n, r = 8, 5
+    basis = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))[0]
+    span, null = basis[:, :r], basis[:, r:]
+    X = torch.randn(200, n, generator=g, dtype=torch.float64)
+    X_tilde = (X + 0.3 * torch.randn(200, n, generator=g, dtype=torch.float64)) @ span @ span.T  # rank r
+    W = torch.randn(6, n, generator=g, dtype=torch.float64)
+    moments = paired_moments(X_tilde, X)
+    target = sequential_target(W, moments, "L0.o")
+    exact = torch.linalg.lstsq(X_tilde @ span, X @ W.T).solution.T  # least squares on the span: (6, r)
+    torch.testing.assert_close(target @ span, exact, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(target @ null, W @ null, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(target, sequential_target(W, moments, shrink=1e-9), rtol=1e-5, atol=1e-6)
+    assert float(target.abs().max()) < 10 * float(exact.abs().max() + W.abs().max())
