@@ -24,7 +24,7 @@ from ngc.fit.allocate import uniform_rank, v2_ranks
 from ngc.fit.closed_form import spectrum
 from ngc.fit.methods import Method, group_transform
 from ngc.fit.whiten import Transform
-from ngc.fit.zero_sum import candidates, component_scores, zero_sum_select
+from ngc.fit.zero_sum import candidates, component_scores, keep_rank_ratio, zero_sum_select
 from ngc.pipeline.fitting import member_weight
 from ngc.progress import progress
 from ngc.topology.groups import Group
@@ -116,7 +116,7 @@ def allocate_zero_sum(
         )
         offered[group.id] = candidates(scores, group.m_total + group.n, group.dense_params)
     target = round(config.ratio * sum(g.dense_params for g in groups))
-    selection = zero_sum_select(offered, target, shared_units(groups))
+    selection = zero_sum_select(offered, target, shared_units(groups), keep_rank_ratio(config.ratio))
     dense = set(selection.dense)
     kept = tuple(g for g in groups if g.id not in dense)
     report = {

@@ -11,7 +11,7 @@ from ngc.errors import UsageError
 from ngc.fit.allocate import break_even_rank, uniform_rank, v2_ranks, v2_ratios
 from ngc.fit.closed_form import fit_group
 from ngc.fit.whiten import whitening
-from ngc.fit.zero_sum import Candidates, candidates, component_scores, zero_sum_select
+from ngc.fit.zero_sum import Candidates, candidates, component_scores, keep_rank_ratio, zero_sum_select
 from ngc.topology.blocks import Member
 from ngc.topology.groups import Group
 
@@ -132,12 +132,31 @@ def test_zero_sum_rule_on_hand_made_scores():
     # each group drops its components in the given order (ascending σ); cost 10, dense 40: saved = 40 − 10 k
     a = Candidates((-3.0, 1.0, 5.0, 0.5), cost=10, dense=40)
     b = Candidates((2.0, -1.0, 4.0, 0.5), cost=10, dense=40)
-    # s = 0: smallest non-negative, b's +2 (s = 2, saved 10); s > 0: most negative of a's -3 and b's -1, a's -3
-    # (s = -1, saved 20); s <= 0: a's +1 (s = 0, saved 30); s <= 0: non-negative left, a's +5 (s = 5, saved 40)
+    # s = 0: smallest non-negative, b's +2 (s = 2, saved 10); s > 0: the negative nearest zero of a's -3 and
+    # b's -1, b's -1 (s = 1, saved 20); s > 0: a's -3 (s = -2, saved 30); s <= 0: a's +1 of a's +1, b's +4
+    # (s = -1, saved 40)
     selection = zero_sum_select({"a": a, "b": b}, target_saved=40)
-    assert selection.ranks == {"a": 1, "b": 3}
+    assert selection.ranks == {"a": 2, "b": 2}
     assert selection.saved == 40 and selection.dense == ()
-    assert selection.predicted == pytest.approx(5.0)
+    assert selection.predicted == pytest.approx(-1.0)
+
+
+def test_zero_sum_never_takes_a_large_negative_first_order_gain_while_a_small_one_waits():
+    big = Candidates((-100.0, 0.0, 0.0, 0.0), cost=10, dense=40)  # a large component whose first order says "gain"
+    small = Candidates((-0.1, -0.1, -0.1, -0.1), cost=10, dense=40)
+    first = Candidates((0.5, 0.5, 0.5, 0.5), cost=10, dense=40)  # s > 0 after this one
+    selection = zero_sum_select({"big": big, "small": small, "first": first}, target_saved=40)
+    # +0.5 (s = 0.5), then -0.1 three times (s = 0.2 > 0, saved 40): -100 is never taken
+    assert selection.ranks == {"big": 4, "small": 1, "first": 3}
+
+
+def test_rank_floor_is_a_fraction_of_the_break_even_rank():
+    a = Candidates((0.0,) * 20, cost=10, dense=200)  # break-even rank 19 (rank 20 stores as much as dense)
+    assert a.break_even == 19 and a.min_rank(0.0) == 1 and a.min_rank(0.3) == 6
+    b = Candidates((1.0,) * 20, cost=10, dense=200)
+    selection = zero_sum_select({"a": a, "b": b}, target_saved=250, keep_rank_ratio=0.3)
+    assert selection.ranks["a"] == 6  # a's zero scores would take it to rank 1; the floor stops it at 6
+    assert keep_rank_ratio(0.2) == 0.0 and keep_rank_ratio(0.6) == 0.3
 
 
 def test_components_dropped_above_break_even_save_nothing_and_the_group_stays_dense():
