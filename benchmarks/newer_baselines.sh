@@ -3,20 +3,23 @@
 # per cell, the protocol of baselines_smollm2 (64 x 512 calibration, seed 0; test perplexity on the first 16 windows
 # of 2048 tokens). Each cell's compress/eval JSON and wall times go to benchmarks/results/newer_baselines_smollm2/;
 # benchmarks/newer_baselines_table.py gathers them into newer_baselines_smollm2.json.
-# Usage: NGC_DATA_DIR=/path/to/data benchmarks/newer_baselines.sh METHOD@RATIO [...]   e.g. aa-svd@0.4 svd-llm-v2@0.2
+# Usage: NGC_DATA_DIR=/path/to/data benchmarks/newer_baselines.sh METHOD[+REFINE]@RATIO [...]
+#   e.g. aa-svd@0.4 svd-llm-v2@0.2 ngc+block@0.4   (+REFINE adds --refine REFINE)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NGC=${NGC:-.venv/bin/ngc}
 OUT=benchmarks/results/newer_baselines_smollm2
 mkdir -p "$OUT"
 for cell in "$@"; do
-  method=${cell%@*}; ratio=${cell#*@}
+  label=${cell}; head=${cell%@*}; ratio=${cell#*@}; method=${head%%+*}
+  refine=(); [[ "$head" == *+* ]] && refine=(--refine "${head#*+}")
+  args=(--method "$method" --ratio "$ratio" "${refine[@]}" --calib-samples 64 --calib-len 512)
   ckpt=$(mktemp -d)/ckpt
   start=$(date +%s)
-  $NGC compress smollm2-135m --method "$method" --ratio "$ratio" --calib-samples 64 --calib-len 512 --out "$ckpt" \
-    --json "$OUT/${method}@${ratio}.compress.json"
+  $NGC compress smollm2-135m "${args[@]}" --out "$ckpt" --json "$OUT/${label}.compress.json"
   mid=$(date +%s)
-  $NGC eval "$ckpt" --ppl wikitext2 --max-windows 16 --json "$OUT/${method}@${ratio}.eval.json"
-  echo "{\"compress_seconds\": $(( mid - start )), \"eval_seconds\": $(( $(date +%s) - mid ))}" > "$OUT/${method}@${ratio}.wall.json"
+  $NGC eval "$ckpt" --ppl wikitext2 --max-windows 16 --json "$OUT/${label}.eval.json"
+  printf '{"compress_seconds": %d, "eval_seconds": %d, "command": "ngc compress smollm2-135m %s --out DIR"}\n' \
+    $(( mid - start )) $(( $(date +%s) - mid )) "${args[*]}" > "$OUT/${label}.wall.json"
   rm -rf "$(dirname "$ckpt")"
 done

@@ -18,11 +18,12 @@ def cell(label: str) -> dict:
     wall = json.loads((CELLS / f"{label}.wall.json").read_text())
     method, ratio = label.split("@")
     accounting = compress["result"]["accounting"] if "result" in compress else compress["accounting"]
+    command = wall.pop(
+        "command",  # cells written before the script recorded its command line had no refinement option
+        f"ngc compress smollm2-135m --method {method} --ratio {ratio} --calib-samples 64 --calib-len 512 --out DIR",
+    )
     return {
-        "commands": [
-            f"ngc compress smollm2-135m --method {method} --ratio {ratio} --calib-samples 64 --calib-len 512 --out DIR",
-            "ngc eval DIR --ppl wikitext2 --max-windows 16",
-        ],
+        "commands": [command, "ngc eval DIR --ppl wikitext2 --max-windows 16"],
         "ppl": evaluated["ppl"],
         "tokens": evaluated["tokens"],
         "window_len": evaluated["window_len"],

@@ -107,7 +107,7 @@ def plan(model: nn.Module, config: CompressionConfig) -> tuple[Method, list[Memb
     for flag, wanted in (
         ("--sequential", config.sequential),
         ("--exact", config.exact),
-        ("--refine block", config.refine == "block"),
+        ("--refine block", config.refines("block")),
         ("--alloc zero-sum", config.alloc == "zero-sum"),
     ):
         if wanted and method.weighting != "whiten":
@@ -243,7 +243,7 @@ def compress_source(
     windows, stats = _check_calibration(method, config, calibration)
     seed = calibration.seed if isinstance(calibration, (CalibrationWindows, CalibrationStats)) else 0
     distillation = plan_distillation(config, windows, refinement, seed)  # checked before any heavy work
-    if config.refine == "block" and world.size > 1:
+    if config.refines("block") and world.size > 1:
         raise UsageError(
             "block refinement runs in one process (its steps would need gradients summed across ranks)",
             hint="run without torchrun / accelerate launch, or use --refine none",
@@ -251,7 +251,7 @@ def compress_source(
     whole = isinstance(source, ModelSource)
     if not whole and (
         method.needs_fisher
-        or config.refine == "distill"
+        or config.refines("distill")
         or config.alloc != "uniform"
         or config.topology == AUTO
         or stats is not None
@@ -277,8 +277,8 @@ def compress_source(
     members = [m for m in members if m in kept]
     fitter = GroupFitter(model, method, groups, ranks, config, fisher, world)
     dense_sha256 = source.base_sha256() if whole and world.is_main else None
-    uses_data = method.needs_moments or config.refine in ("local", "block")
-    two_streams = (config.sequential or config.refine == "block") and windows is not None
+    uses_data = method.needs_moments or (config.refines("local") or config.refines("block"))
+    two_streams = (config.sequential or config.refines("block")) and windows is not None
     start = time.perf_counter()
     run_pipeline(
         source,
@@ -317,9 +317,9 @@ def _check_calibration(
         raise UsageError(f"method {method.name} needs calibration data", hint="pass calibration windows")
     needs_windows = (
         (config.sequential, "the sequential update"),
-        (config.refine == "distill", "distillation"),
-        (config.refine == "local" and stats is None, "local refinement"),
-        (config.refine == "block", "block refinement"),
+        (config.refines("distill"), "distillation"),
+        (config.refines("local") and stats is None, "local refinement"),
+        (config.refines("block"), "block refinement"),
         (config.alloc == "zero-sum", "the zero-sum allocation's gradients"),
     )
     for needed, what in needs_windows:

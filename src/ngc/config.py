@@ -10,6 +10,8 @@ from ngc.errors import UsageError
 
 ALLOCATIONS = ("uniform", "auto", "auto-energy", "v2", "zero-sum")
 REFINE_STEPS = {"local": 50, "distill": 100, "block": 25}  # default steps per refinement mode
+#: refinements that compose: a per-layer one during the pipeline, then distillation of the whole model (SPEC §5)
+REFINE_CHAINS = ("local+distill", "block+distill")
 WHITENINGS = ("cholesky", "eigen")  # how C = S Sᵀ is factorised (SPEC §4)
 
 
@@ -75,8 +77,11 @@ class CompressionConfig:
         for name, fallback in (("refine", "none"), ("sequential_shrink", 0.1), ("whitening", "cholesky")):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, defaults.get(name, fallback))
-        if self.refine not in REFINE_STEPS and self.refine != "none":
-            raise UsageError(f"unknown refinement {self.refine!r}", hint="use none, local, block or distill")
+        if self.refine not in REFINE_STEPS and self.refine not in REFINE_CHAINS and self.refine != "none":
+            raise UsageError(
+                f"unknown refinement {self.refine!r}",
+                hint=f"use none, local, block, distill, or a chain: {', '.join(REFINE_CHAINS)}",
+            )
         if self.whitening not in WHITENINGS:
             raise UsageError(f"unknown whitening {self.whitening!r}", hint=f"use one of {', '.join(WHITENINGS)}")
         if self.rank_multiple < 1:
@@ -95,9 +100,25 @@ class CompressionConfig:
         object.__setattr__(self, "roles", tuple(self.roles))
 
     @property
+    def refine_stages(self) -> tuple[str, ...]:
+        """The refinements in the order they run: ``"block+distill"`` -> ``("block", "distill")``."""
+        return () if self.refine == "none" else tuple(self.refine.split("+"))
+
+    def refines(self, mode: str) -> bool:
+        """Whether refinement ``mode`` ("local", "block" or "distill") is one of the stages."""
+        return mode in self.refine_stages
+
+    def steps_for(self, mode: str) -> int:
+        """Steps of stage ``mode``: ``refine_steps`` for the last stage when given, else the mode's default."""
+        stages = self.refine_stages
+        if self.refine_steps and stages and mode == stages[-1]:
+            return self.refine_steps
+        return REFINE_STEPS.get(mode, 0)
+
+    @property
     def steps(self) -> int:
-        """Refinement steps: the explicit count, else the mode's default."""
-        return self.refine_steps or REFINE_STEPS.get(self.refine, 0)
+        """Steps of the last refinement stage (0 without refinement)."""
+        return self.steps_for(self.refine_stages[-1]) if self.refine_stages else 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -64,10 +64,12 @@ def compress_command(
     refine: Annotated[
         str | None,
         typer.Option(
-            metavar="none|local|block|distill",
+            metavar="none|local|block|distill|block+distill|local+distill",
             help="Refinement after the closed form (SPEC §5): per-group output MSE (local), each decoder layer's "
             "output MSE against the dense layer (block, AA-SVD's; whitening methods), or KL to the dense model on "
-            "refinement data (distill: see --refine-data, --refine-tokens). The parameter count never changes. "
+            "refinement data (distill: see --refine-data, --refine-tokens); block+distill runs the first during the "
+            "pipeline and distils the result (--refine-steps then counts distillation steps). The parameter count "
+            "never changes. "
             "Default: the method's own "
             "(aa-svd: block, else none).",
         ),
@@ -252,7 +254,7 @@ def compress_command(
     if text is not None:
         check_calibration_request(calib_config.n_windows, calib_config.window_len, text.text)
     refine_text = None
-    if config.refine == "distill" and not dry_run:
+    if config.refines("distill") and not dry_run:
         from ngc.refine.options import distill_options
 
         distill_options(config, calib_config.window_len)  # a budget smaller than one step is refused here

@@ -71,7 +71,7 @@ def needs_whole_model(config: CompressionConfig) -> str | None:
 
     if get_method(config.method).needs_fisher:
         return "fwsvd's Fisher information needs backward passes through the whole model"
-    if config.refine == "distill":
+    if config.refines("distill"):
         return "distillation trains the whole model"
     if config.alloc == "zero-sum":
         return (

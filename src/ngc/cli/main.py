@@ -46,7 +46,17 @@ def _root(
 
 
 def _register_commands() -> None:
-    from ngc.cli import bench_cmd, compress_cmd, demo_cmd, dynamics_cmd, eval_cmd, export_cmd, info_cmd, models_cmd
+    from ngc.cli import (
+        bench_cmd,
+        compress_cmd,
+        demo_cmd,
+        dynamics_cmd,
+        eval_cmd,
+        export_cmd,
+        info_cmd,
+        models_cmd,
+        upgrade_cmd,
+    )
 
     app.command("demo")(demo_cmd.demo_command)
     app.command("compress")(compress_cmd.compress_command)
@@ -54,6 +64,7 @@ def _register_commands() -> None:
     app.command("bench")(bench_cmd.bench_command)
     app.command("info")(info_cmd.info_command)
     app.command("export")(export_cmd.export_command)
+    app.command("upgrade")(upgrade_cmd.upgrade_command)
     app.command("dynamics")(dynamics_cmd.dynamics_command)
     app.command("models")(models_cmd.models_command)
 
@@ -76,6 +87,10 @@ def _show_library_logs() -> None:
     if not logger.handlers:  # the console looks up sys.stderr at each write, so redirection keeps working
         logger.addHandler(RichHandler(console=Console(stderr=True), show_time=False, show_path=False))
         logger.setLevel(logging.INFO)
+    # transformers imports torchao (when installed) with every model load; on a machine without its CUDA kernels
+    # torchao logs one warning per missing kernel library, and torch one per registered enum: not ours to show
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _interrupt_on_terminate() -> None:

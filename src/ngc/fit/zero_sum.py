@@ -13,9 +13,10 @@ dropped is positive the negative candidate nearest zero is dropped, otherwise th
 reach the budget. (Taking the most negative candidate instead lets first-order gains of large components,
 which the second order wipes out, pay for many drops: SmolLM2 at R = 0.2 went to perplexity 19,042.) No group
 goes below ``max(1, ⌈keep_rank_ratio · r*⌉)``, ``r*`` its break-even rank (the published one-shot recipe:
-0 below R = 0.6, 0.3 at 0.6 and above: :func:`keep_rank_ratio`). A group saves ``max(0, dense − k·(Σm + n))`` at rank k: above its
-break-even rank it saves nothing and stays dense. Groups that can only stay dense together (parts of one fused
-module, such as GPT-2's ``c_attn``) form a unit, which saves ``max(0, Σ_g (dense_g − k_g·cost_g))``.
+0 below R = 0.6, 0.3 at 0.6 and above: :func:`keep_rank_ratio`). A group saves ``max(0, dense − k·(Σm + n))``
+at rank k: above its break-even rank it saves nothing and stays dense. Groups that can only stay dense together
+(parts of one fused module, such as GPT-2's ``c_attn``) form a unit, which saves
+``max(0, Σ_g (dense_g − k_g·cost_g))``.
 """
 
 from __future__ import annotations

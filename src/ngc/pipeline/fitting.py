@@ -116,7 +116,7 @@ class GroupFitter:
             lambda b: streams.batch(compressed, b),
             lambda b: streams.batch(streams.dense, b),
             streams.kwargs[index],
-            self.config.steps,
+            self.config.steps_for("block"),
             self.config.refine_lr,
         )
         self.seconds += time.perf_counter() - start
@@ -151,11 +151,11 @@ class GroupFitter:
             targets = [w.detach().to(device=fit.B.device, dtype=torch.float64) for w in weights]
             A, B, losses = alternate(targets, fit.A, fit.B, covariances)
             fit, self.exact[group.id] = replace(fit, A=tuple(A), B=B), (losses[0], losses[-1])
-        if config.refine == "local":
+        if config.refines("local"):
             targets = [w.detach().to(device=fit.B.device, dtype=torch.float64) for w in weights]
             with torch.enable_grad():  # the pipeline's calibration runs under no_grad
                 A, B, self.local[group.id] = refine_local(
-                    targets, fit.A, fit.B, covariances, config.steps, config.refine_lr
+                    targets, fit.A, fit.B, covariances, config.steps_for("local"), config.refine_lr
                 )
             fit = replace(fit, A=tuple(A), B=B)
         return fit

@@ -132,7 +132,7 @@ def run_pipeline(
     members_of = by_layer(members)
     last = max(members_of, default=-1)
     sequential = bool(fitter.config.sequential)
-    refine_block = fitter.refine_block if fitter.config.refine == "block" else None  # needs both streams
+    refine_block = fitter.refine_block if fitter.config.refines("block") else None  # needs both streams
     streams = None
     if stats is None and windows is not None:
         streams = record_streams(model, world.share(windows), options, sequential or refine_block is not None)
@@ -178,7 +178,7 @@ def _one_layer(
     model = source.model
     sequential = bool(fitter.config.sequential)
     stats_options = options.stats()
-    refine_block = fitter.refine_block if fitter.config.refine == "block" else None
+    refine_block = fitter.refine_block if fitter.config.refines("block") else None
     layer = source.onload(index)
     prefix = layer_prefix(model, index)
     if here and stats is not None:

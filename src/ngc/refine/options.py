@@ -88,7 +88,7 @@ def distill_options(config: Any, window_len: int, seed: int = 0) -> DistillOptio
     if config.refine_tokens:
         steps = steps_for_budget(config.refine_tokens, config.refine_batch, config.refine_accum, window_len)
     else:
-        steps = config.steps  # the explicit count, else the mode's default
+        steps = config.steps_for("distill")  # the explicit count, else the mode's default
     return DistillOptions(
         steps=steps,
         lr=config.refine_lr,

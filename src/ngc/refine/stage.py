@@ -36,7 +36,7 @@ def plan_distillation(
 ) -> DistillPlan | None:
     """The windows and settings distillation will use (None when ``config`` does not distil); refuses bad input
     (data shorter than one window, a budget smaller than one step) before the model is touched."""
-    if config.refine != "distill":
+    if not config.refines("distill"):
         if refinement is not None:
             raise UsageError(
                 f"refinement data was given, but the refinement is {config.refine!r}",

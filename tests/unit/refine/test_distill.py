@@ -273,3 +273,35 @@ def test_the_default_heldout_slice_shrinks_with_short_data():
     assert len(split_windows(stream(3000 * WINDOW), WINDOW, None).heldout) == 4096 // WINDOW
     assert len(split_windows(stream(25 * WINDOW), WINDOW, None).heldout) == 2  # one window in ten
     assert len(split_windows(stream(9 * WINDOW), WINDOW, None).heldout) == 0
+
+
+# --- closed form -> block-wise -> distillation ---
+
+
+def test_block_then_distill_composes_and_each_stage_runs_its_own_steps():
+    calib = calibration()
+    block_only = build_tiny_model("llama")
+    compress(block_only, CompressionConfig(method="ngc", ratio=0.5, refine="block"), calib)
+    model = build_tiny_model("llama")
+    config = CompressionConfig(
+        method="ngc", ratio=0.5, refine="block+distill", refine_tokens=8 * WINDOW, refine_lr=1e-2, refine_heldout=0
+    )
+    assert config.refine_stages == ("block", "distill") and config.steps_for("block") == 25
+    result = compress(model, config, calib, refinement=stream(8 * WINDOW))
+    # the block stage ran during the pipeline (its 25 default steps per layer), distillation after it
+    assert set(result.block) == {"L0", "L1"} and all(r["steps"] == 25 for r in result.block.values())
+    assert result.distill["status"] == "done" and result.distill["steps_run"] == 8
+    assert account(model).model_params_kept == account(block_only).model_params_kept
+    dense = build_tiny_model("llama").eval()
+    windows = split_windows(stream(8 * WINDOW), WINDOW, 0).train
+    assert mean_kl(model, dense, windows) < mean_kl(block_only, dense, windows)
+
+
+def test_refinement_chains_are_checked():
+    assert CompressionConfig(method="ngc", refine="block+distill", refine_steps=7).steps_for("distill") == 7
+    assert CompressionConfig(method="ngc", refine="local+distill").steps_for("local") == 50
+    assert CompressionConfig(method="ngc", refine="none").refine_stages == ()
+    for chain in ("distill+block", "block+local", "block+block", "block+"):
+        with pytest.raises(UsageError, match="unknown refinement") as info:
+            CompressionConfig(method="ngc", refine=chain)
+        assert "block+distill" in info.value.hint

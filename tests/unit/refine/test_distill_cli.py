@@ -77,3 +77,15 @@ def test_missing_refinement_data_is_refused_before_loading(capsys, tmp_path, tin
     code = cli.run(compress_args(tiny_folders["llama"], text_file, tmp_path / "x", "--refine-data", str(missing)))
     err = capsys.readouterr().err
     assert code != 0 and str(missing) in err and "loaded" not in err
+
+
+def test_block_then_distill_on_the_command_line(tmp_path, tiny_folders, text_file):
+    out, report = tmp_path / "ckpt", tmp_path / "report.json"
+    extra = ["--refine-tokens", str(3 * WINDOW), "--json", str(report)]
+    args = compress_args(tiny_folders["llama"], text_file, out, *extra)
+    args[args.index("distill")] = "block+distill"
+    assert cli.run(args) == 0
+    record = json.loads(report.read_text())
+    assert record["config"]["refine"] == "block+distill" and record["distill"]["steps"] == 3
+    assert sorted(record["block"]) == ["L0", "L1"]
+    assert json.loads((out / "ngc.json").read_text())["distill"]["steps"] == 3
