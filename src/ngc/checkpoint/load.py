@@ -6,12 +6,14 @@ that are not stored (rotary ``inv_freq``, embedding scales) are computed by the 
 transformers' ``from_pretrained`` does. (accelerate's ``init_empty_weights`` keeps buffers real but creates every
 parameter on the CPU before moving it to meta: one dense matrix at a time would still be allocated.)
 Formats 1 (one ``model.safetensors``, structure in ``ngc.json`` only) and 2 (sharded, ``config.json`` names
-ngc) both load here.
+ngc) both load here; format 1 with a one-line warning that ``ngc upgrade`` rewrites it for transformers' loaders.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ngc.arch import arch_spec
 from ngc.checkpoint.manifest import (
+    FORMAT_VERSION,
     MANIFEST,
     CheckpointError,
     check_manifest,
@@ -34,6 +37,7 @@ from ngc.errors import UsageError
 from ngc.models.load import LoadedModel, load_model, parse_dtype
 
 _FACTOR = re.compile(r"\.bases\.\d+\.B$|\.A\.\d+$")
+log = logging.getLogger(__name__)
 
 
 def require_checkpoint(folder: Path) -> None:
@@ -58,6 +62,7 @@ def build_empty(folder: Path, dtype: str | None) -> tuple[PreTrainedModel, Struc
     arch_spec(config)
     torch_dtype = parse_dtype(dtype or stored_dtype(structure, config))
     record = ngc_quantization_config(config)
+    warn_if_old_format(folder, structure, record)
     if record is not None:  # the structure is built here; the built model is a plain one with ngc modules
         del config.quantization_config
     stored = read_stored(folder)  # headers first: a missing or damaged file is refused before any building
@@ -77,6 +82,20 @@ def build_empty(folder: Path, dtype: str | None) -> tuple[PreTrainedModel, Struc
         model, record or quantization_config(structure.groups, structure.ranks, guard_name(structure.groups))
     )
     return model, structure
+
+
+def warn_if_old_format(folder: Path, structure: Structure, record: dict[str, Any] | None) -> None:
+    """One line on stderr (the ``ngc`` logger) for a folder of an older format, which only ngc.load reads."""
+    version = structure.manifest.get("format_version") if structure.manifest is not None else None
+    if record is None and isinstance(version, int) and version < FORMAT_VERSION:
+        log.warning(
+            "%s is an ngc checkpoint of format %d, which transformers' from_pretrained cannot load; "
+            "`ngc upgrade %s` rewrites it in format %d",
+            folder,
+            version,
+            shlex.quote(str(folder)),
+            FORMAT_VERSION,
+        )
 
 
 def compute_buffers(model: PreTrainedModel) -> None:
