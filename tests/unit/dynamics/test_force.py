@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+
+import pytest
 import torch
 
 from ngc.api import compress
@@ -28,15 +32,46 @@ def test_compression_shows_as_force_and_departure_that_grow_with_the_ratio():
     assert small[-1].departure < large[-1].departure
 
 
-def test_per_layer_report_on_a_tiny_model():
-    from ngc.dynamics.report import measure_dynamics
+def report_and_forces():
+    from ngc.dynamics.report import dynamics_per_sequence, measure_dynamics
 
     reference = build_tiny_model("llama")
     model = build_tiny_model("llama")
     compress(model, CompressionConfig(method="svd", ratio=0.5))
     sequences = torch.randint(0, 250, (3, 24), generator=torch.Generator().manual_seed(1))
     layers = measure_dynamics(model, sequences, reference, probes=3, lanczos_steps=6)
+    per_sequence = dynamics_per_sequence(model, sequences, reference, probes=3, lanczos_steps=6)
+    forces = [layer_forces(model, reference, tokens) for tokens in sequences]
+    return layers, per_sequence, forces
+
+
+def test_per_layer_report_on_a_tiny_model():
+    """Each row is the mean over sequences of that layer's figures (all finite), with standard errors over
+    sequences; its departures are those of ``layer_forces`` on each sequence."""
+    layers, per_sequence, forces = report_and_forces()
     assert [row.layer for row in layers] == [0, 1]
     for row in layers:
-        assert all(map(lambda v: v == v, (row.lyapunov, row.divergence, row.sym_top, row.driving_ratio)))
-        assert row.lyapunov_se >= 0 and row.driving_ratio > 0 and row.force_ratio > 0 and row.departure > 0
+        columns = {
+            key: [getattr(s, key)[row.layer] for s in per_sequence]
+            for key in ("lyapunov", "divergence", "sym_top", "driving_ratio", "force_ratio", "departure")
+        }
+        for key, column in columns.items():
+            assert len(column) == 3 and all(math.isfinite(v) for v in column), (key, column)
+            assert getattr(row, key) == pytest.approx(statistics.fmean(column), rel=1e-12), key
+        assert row.lyapunov_se == pytest.approx(statistics.stdev(columns["lyapunov"]) / math.sqrt(3), rel=1e-12)
+        ratio_se = statistics.stdev(columns["driving_ratio"]) / math.sqrt(3)
+        assert row.driving_ratio_se == pytest.approx(ratio_se, rel=1e-12)
+        assert columns["departure"] == pytest.approx([f[row.layer].departure for f in forces], rel=1e-5)
+        assert row.lyapunov_se > 0 and row.driving_ratio > 0 and row.force_ratio > 0 and row.departure > 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect: the report switches only the compressed model to eager attention, so its layers replay "
+    "the reference's sdpa call arguments (no causal mask): force ratio 0.94 against 0.78 at layer 0 here",
+)
+def test_per_layer_report_gives_the_force_ratio_of_layer_forces():
+    layers, per_sequence, forces = report_and_forces()
+    for row in layers:
+        column = [s.force_ratio[row.layer] for s in per_sequence]
+        assert column == pytest.approx([f[row.layer].force_ratio for f in forces], rel=1e-5)
