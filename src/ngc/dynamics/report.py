@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -108,7 +109,9 @@ def dynamics_per_sequence(
 ) -> list[SequenceDynamics]:
     """Per-layer figures of each sequence: rows of an (N, T) tensor, or 1-D sequences of different lengths."""
     results = []
-    with eager_attention(model):
+    # both models in plain attention: layer_forces replays the reference's layer calls (and their masks) through
+    # the model's layers, and an sdpa call carries no causal mask that eager attention would apply
+    with eager_attention(model), eager_attention(reference) if reference is not None else nullcontext():
         for n, tokens in enumerate(progress(sequences, desc="dynamics (sequences)", unit="seq")):
             start, span = default_window(int(tokens.shape[0]), t0, window)
             lyap, decompositions = sequence_dynamics(model, tokens, start, span, probes, lanczos_steps, seed + n)

@@ -65,11 +65,6 @@ def test_per_layer_report_on_a_tiny_model():
         assert row.lyapunov_se > 0 and row.driving_ratio > 0 and row.force_ratio > 0 and row.departure > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: the report switches only the compressed model to eager attention, so its layers replay "
-    "the reference's sdpa call arguments (no causal mask): force ratio 0.94 against 0.78 at layer 0 here",
-)
 def test_per_layer_report_gives_the_force_ratio_of_layer_forces():
     layers, per_sequence, forces = report_and_forces()
     for row in layers:
