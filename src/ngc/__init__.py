@@ -26,6 +26,7 @@ _LAZY = {
     "load": "ngc.checkpoint.load",
     "save": "ngc.checkpoint.save",
     "save_checkpoint": "ngc.checkpoint.save",
+    "quantize_factors": "ngc.modules.int8",
     "load_model": "ngc.models.load",
     "LoadedModel": "ngc.models.load",
     "perplexity": "ngc.eval.perplexity",

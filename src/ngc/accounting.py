@@ -3,6 +3,8 @@
 - ``ratio_removed``: fraction of the decoder's linear *weights* removed (embeddings, LM head, norms and biases
   are outside both sides), the convention of SVD-LLM and Basis Sharing. A shared basis counts once.
 - whole-model parameters and stored bytes: every distinct tensor once (tied embeddings count once).
+- int8 factors (``ngc.modules.int8``): each entry is one weight of one byte; their per-row scales are stored
+  bytes, not weights (like a quantizer's metadata).
 - MACs per token: decoder linears plus the LM head; attention scores and norms, which depend on the context
   length and are untouched by compression, are excluded. Members of one layer that share a basis compute its
   message once; a basis shared across layers is applied once per layer.
@@ -16,6 +18,7 @@ from torch import nn
 
 from ngc.arch import find_blocks
 from ngc.modules.factorized import FactorizedLinear, GroupBasis
+from ngc.modules.int8 import Int8Factor
 
 
 @dataclass(frozen=True)
@@ -106,20 +109,21 @@ def account(model: nn.Module) -> Accounting:
             macs += A.numel()
             if (block.layer, key) not in per_layer_bases:
                 per_layer_bases.add((block.layer, key))
-                macs += basis.B.numel()
-    kept_total += sum(basis.B.numel() for basis in bases.values())
+                macs += basis.numel()
+    kept_total += sum(basis.numel() for basis in bases.values())
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head_macs = int(head.weight.numel()) if head is not None and hasattr(head, "weight") else 0
     unique = _unique_parameters(model)
-    model_kept = sum(p.numel() for p in unique)
+    scales = {id(m.scale) for m in model.modules() if isinstance(m, Int8Factor)}
+    model_kept = sum(p.numel() for p in unique if id(p) not in scales)
     groups = tuple(
         GroupRank(
             basis.group_id,
             basis.rank,
-            int(basis.B.shape[0]),
+            basis.n,
             tuple(members[key]),
             dense_params_of[key],
-            a_params_of[key] + basis.B.numel(),
+            a_params_of[key] + basis.numel(),
         )
         for key, basis in bases.items()
     )

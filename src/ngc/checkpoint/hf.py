@@ -11,7 +11,9 @@ transformers calls on the model skeleton it built on the meta device (before any
 - ``_process_model_after_weight_loading`` restores the index buffers of fused modules (which transformers
   re-creates empty) and checks that nothing was left on the meta device.
 
-``save_pretrained`` of such a model writes each shared tensor once, the aliases and the guard tensor.
+``save_pretrained`` of such a model writes each shared tensor once, the aliases and the guard tensor. int8 factors
+(``factor_dtype: "int8"`` in the quantization_config) are plain int8 and scale tensors to transformers: they are
+built empty on meta with the structure and loaded by name like any other tensor.
 Registration happens on first import of ``transformers.quantizers.auto`` (see :mod:`ngc.checkpoint.hook`).
 """
 
@@ -31,6 +33,7 @@ from ngc.checkpoint.shards import ALIASES_KEY, canonical_tensors
 from ngc.checkpoint.structure import Structure, structure_from_quantization_config
 from ngc.checkpoint.tensors import check_stored, left_on_meta, read_stored
 from ngc.modules.factorized import FactorizedLinear, GroupBasis
+from ngc.modules.int8 import Int8Factor
 
 
 class NgcConfig(QuantizationConfigMixin):
@@ -100,7 +103,8 @@ class NgcHfQuantizer(HfQuantizer):
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any):
         for name, index in self._output_indices.items():
             module = model.get_submodule(name)
-            module.output_index = index.to(module.A[0].device if module.A[0].device.type != "meta" else "cpu")
+            device = next(module.parameters()).device
+            module.output_index = index.to(device if device.type != "meta" else "cpu")
         offloaded = {"disk", "cpu"} & set((getattr(model, "hf_device_map", None) or {}).values())
         if not offloaded or len(set(model.hf_device_map.values())) == 1:
             left = left_on_meta(model)
@@ -135,7 +139,9 @@ def _skip_initialisation(model: Any) -> None:
     and a family's ``_init_weights`` would look for the dense ``weight`` of their children (GPT-2's ``c_proj``)."""
     for module in model.modules():
         children = list(module.children())
-        if isinstance(module, (FactorizedLinear, GroupBasis)) or any(isinstance(c, FactorizedLinear) for c in children):
+        if isinstance(module, (FactorizedLinear, GroupBasis, Int8Factor)) or any(
+            isinstance(c, FactorizedLinear) for c in children
+        ):
             module._is_hf_initialized = True
 
 

@@ -36,7 +36,7 @@ from ngc.checkpoint.tensors import check_stored, left_on_meta, load_stored, read
 from ngc.errors import UsageError
 from ngc.models.load import LoadedModel, load_model, parse_dtype
 
-_FACTOR = re.compile(r"\.bases\.\d+\.B$|\.A\.\d+$")
+_FACTOR = re.compile(r"\.bases\.\d+\.B$|\.A\.\d+$|\.bases\.\d+\.Bt\.qdata$|\.A\.\d+\.qdata$")  # float, int8
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +79,9 @@ def build_empty(folder: Path, dtype: str | None) -> tuple[PreTrainedModel, Struc
             f"{len(left)} tensor(s) of {folder} were not loaded, e.g. {left[0]}", hint="compress again"
         )
     _attach_quantizer(
-        model, record or quantization_config(structure.groups, structure.ranks, guard_name(structure.groups))
+        model,
+        record
+        or quantization_config(structure.groups, structure.ranks, guard_name(structure.groups), structure.factor_dtype),
     )
     return model, structure
 

@@ -15,6 +15,9 @@ WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 2  # 2: sharded weights, config.json names ngc in quantization_config; 1: one model.safetensors
 QUANT_METHOD = "ngc"
 MEMBER_FIELDS: dict[str, type] = {"module": str, "role": str, "layer": int, "m": int, "n": int, "input_key": str}
+#: how the factors are stored: "float" (the checkpoint's dtype; not recorded) or "int8" (recorded as
+#: ``factor_dtype`` in ngc.json and in the quantization_config: int8 values with one scale per output row)
+FACTOR_DTYPES = ("float", "int8")
 
 
 class CheckpointError(NgcError):
@@ -97,7 +100,9 @@ def _damaged(source: Path | str, problem: str) -> CheckpointError:
     )
 
 
-def quantization_config(groups: list[Group], ranks: dict[str, int], guard: str) -> dict[str, Any]:
+def quantization_config(
+    groups: list[Group], ranks: dict[str, int], guard: str, factor_dtype: str = "float"
+) -> dict[str, Any]:
     """What ``config.json`` carries under ``quantization_config``: enough for transformers to rebuild the structure."""
     return {
         "quant_method": QUANT_METHOD,
@@ -105,7 +110,24 @@ def quantization_config(groups: list[Group], ranks: dict[str, int], guard: str) 
         "manifest": MANIFEST,
         "guard": guard,
         "groups": group_records(groups, ranks),
+        **factor_dtype_record(factor_dtype),
     }
+
+
+def factor_dtype_record(factor_dtype: str) -> dict[str, str]:
+    """``{"factor_dtype": "int8"}`` for int8 factors; nothing for float ones (the format before int8 existed)."""
+    return {} if factor_dtype == "float" else {"factor_dtype": factor_dtype}
+
+
+def read_factor_dtype(record: dict[str, Any], source: Path | str) -> str:
+    """The factor dtype a manifest or quantization_config records (``"float"`` when it records none)."""
+    value = record.get("factor_dtype", "float")
+    if value not in FACTOR_DTYPES:
+        raise CheckpointError(
+            f"{source} stores its factors as {value!r}; this ngc reads {', '.join(FACTOR_DTYPES)}",
+            hint="upgrade ngc (pip install -U ngc)",
+        )
+    return value
 
 
 def guard_name(groups: list[Group]) -> str:

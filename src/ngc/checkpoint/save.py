@@ -3,6 +3,8 @@
 The folder: ``config.json`` (the base model's, with ``quantization_config`` naming ngc and its groups), the
 tokenizer, the weights through :class:`ngc.checkpoint.shards.ShardWriter` (one file or shards with an index; each
 shared tensor once; a zero-size guard tensor, see :func:`ngc.checkpoint.manifest.guard_name`) and ``ngc.json``.
+A model with int8 factors (:func:`ngc.modules.int8.quantize_factors`) stores their int8 values and per-row scales
+as plain tensors and records ``factor_dtype: "int8"`` in ``ngc.json`` and in the ``quantization_config``.
 The layer-streamed pipeline writes the same folder with the same functions: :func:`add_guard`, the writer, then
 :func:`write_checkpoint_files`.
 """
@@ -21,6 +23,7 @@ from ngc.checkpoint.manifest import (
     FORMAT_VERSION,
     MANIFEST,
     config_signature,
+    factor_dtype_record,
     group_records,
     guard_name,
     library_versions,
@@ -54,11 +57,18 @@ def write_model_tensors(writer: ShardWriter, model: nn.Module) -> None:
     writer.add(tensors, aliases)
 
 
-def write_config(folder: Path, config: Any, groups: Sequence[Group], ranks: dict[str, int], dtype: torch.dtype) -> None:
+def write_config(
+    folder: Path,
+    config: Any,
+    groups: Sequence[Group],
+    ranks: dict[str, int],
+    dtype: torch.dtype,
+    factor_dtype: str = "float",
+) -> None:
     """``config.json`` of the base model with the stored dtype and ``quantization_config`` naming ngc."""
     saved = {name: getattr(config, name, None) for name in ("dtype", "quantization_config")}
     config.dtype = dtype
-    config.quantization_config = quantization_config(list(groups), ranks, guard_name(list(groups)))
+    config.quantization_config = quantization_config(list(groups), ranks, guard_name(list(groups)), factor_dtype)
     try:
         config.save_pretrained(folder)
     finally:
@@ -75,11 +85,13 @@ def manifest_payload(
     dtype: torch.dtype,
     tensor_bytes: int,
     extra: dict[str, Any] | None = None,
+    factor_dtype: str = "float",
 ) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
         "versions": library_versions(),
         "dtype": str(dtype).removeprefix("torch."),
+        **factor_dtype_record(factor_dtype),
         "tensor_bytes": tensor_bytes,
         "config": result.config.to_dict(),
         "base_model": base_model,
@@ -104,12 +116,14 @@ def write_checkpoint_files(
     dtype: torch.dtype,
     tensor_bytes: int,
     extra: dict[str, Any] | None = None,
+    factor_dtype: str = "float",
 ) -> None:
     """Everything but the weights: config.json, the tokenizer (if any) and ngc.json, into ``folder``."""
-    write_config(folder, config, result.topology, result.ranks, dtype)
+    write_config(folder, config, result.topology, result.ranks, dtype, factor_dtype)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    write_json_atomic(folder / MANIFEST, manifest_payload(result, base_model, dtype, tensor_bytes, extra))
+    payload = manifest_payload(result, base_model, dtype, tensor_bytes, extra, factor_dtype)
+    write_json_atomic(folder / MANIFEST, payload)
 
 
 def save_checkpoint(
@@ -129,20 +143,25 @@ def save_checkpoint(
     ``result`` is what :func:`ngc.compress` returned for ``model``; ``base_model`` is
     :func:`ngc.checkpoint.manifest.base_identity` of the dense model, taken before compressing (default: what
     ``result`` records, completed from ``model.config``). Nothing appears under ``out`` unless everything was
-    written.
+    written. int8 factors are stored as they are (their scales cast to ``dtype`` like every float tensor).
     """
+    from ngc.modules.int8 import factor_dtype_of
+
     out = Path(out)
     check_target(out, force)
     if not result.topology:
         raise UsageError("the compression result has no groups", hint="save a model that ngc.compress returned")
-    stored_dtype = dtype or next(model.parameters()).dtype
+    stored_dtype = dtype or next(p for p in model.parameters() if p.is_floating_point()).dtype
+    factor_dtype = factor_dtype_of(model)
     base = base_model if base_model is not None else base_record(model, result)
     with atomic_folder(out, replace=force) as tmp:
         writer = ShardWriter(tmp, max_shard_bytes=max_shard_bytes, dtype=dtype)
         add_guard(writer, result.topology)
         write_model_tensors(writer, model)
         tensor_bytes = writer.finish()
-        write_checkpoint_files(tmp, model.config, tokenizer, result, base, stored_dtype, tensor_bytes, extra)
+        write_checkpoint_files(
+            tmp, model.config, tokenizer, result, base, stored_dtype, tensor_bytes, extra, factor_dtype
+        )
     return out
 
 

@@ -20,6 +20,7 @@ from ngc.checkpoint.manifest import (
     QUANT_METHOD,
     CheckpointError,
     groups_from_records,
+    read_factor_dtype,
     read_manifest,
 )
 from ngc.topology.groups import Group
@@ -36,6 +37,7 @@ class Structure:
     source: str  # for messages: the file the records came from
     guard: str | None
     manifest: dict[str, Any] | None
+    factor_dtype: str = "float"  # "int8": every factor is int8 with per-row scales (ngc.modules.int8)
 
 
 def ngc_quantization_config(config: Any) -> dict[str, Any] | None:
@@ -71,7 +73,8 @@ def structure_from_quantization_config(record: dict[str, Any], source: str) -> S
         )
     groups, ranks = groups_from_records(record.get("groups"), f"{source} (quantization_config)")
     guard = record.get("guard")
-    return Structure(groups, ranks, source, guard if isinstance(guard, str) else None, None)
+    factor_dtype = read_factor_dtype(record, f"{source} (quantization_config)")
+    return Structure(groups, ranks, source, guard if isinstance(guard, str) else None, None, factor_dtype)
 
 
 def read_structure(folder: Path) -> Structure:
@@ -98,8 +101,15 @@ def read_structure(folder: Path) -> Structure:
             f"{folder / MANIFEST} and the quantization_config in {folder / CONFIG} describe different groups",
             hint="the two files come from different runs; keep the files written together, or compress again",
         )
+    factor_dtype = read_factor_dtype(manifest, folder / MANIFEST)
+    if from_config is not None and from_config.factor_dtype != factor_dtype:
+        raise CheckpointError(
+            f"{folder / MANIFEST} records {factor_dtype} factors, the quantization_config in {folder / CONFIG} "
+            f"{from_config.factor_dtype} ones",
+            hint="the two files come from different runs; keep the files written together, or compress again",
+        )
     guard = from_config.guard if from_config is not None else None
-    return Structure(groups, ranks, str(folder / MANIFEST), guard, manifest)
+    return Structure(groups, ranks, str(folder / MANIFEST), guard, manifest, factor_dtype)
 
 
 def check_widths(model: nn.Module, structure: Structure) -> None:
@@ -133,13 +143,18 @@ def build_structure(model: nn.Module, structure: Structure) -> None:
     """Swap the model's dense modules (on meta) for the factorised ones the records describe.
 
     The parameters follow the model's (meta) device; the output-order buffers of fused modules (GPT-NeoX's q|k|v)
-    hold values, computed on the CPU, so that they need no loading.
+    hold values, computed on the CPU, so that they need no loading. int8 factors (``structure.factor_dtype``) need
+    torchao, checked before anything is built.
     """
     from ngc.modules.factorized import FactorizedLinear
     from ngc.modules.swap import factorize
     from ngc.topology.blocks import output_order
 
     check_widths(model, structure)
+    if structure.factor_dtype == "int8":
+        from ngc.modules.int8 import require_torchao
+
+        require_torchao()
     try:
         with torch.device("cpu"):  # the caller may build inside a meta-device context
             fused = {m.module for g in structure.groups for m in g.members}
@@ -151,6 +166,10 @@ def build_structure(model: nn.Module, structure: Structure) -> None:
                     inverse = torch.empty(len(order), dtype=torch.long)
                     inverse[torch.as_tensor(order)] = torch.arange(len(order))
                     module.output_index = inverse
+            if structure.factor_dtype == "int8":
+                from ngc.modules.int8 import quantize_factors
+
+                quantize_factors(model, empty=True)
     except (KeyError, AttributeError, ValueError, IndexError, StopIteration) as exc:
         raise CheckpointError(
             f"the groups in {structure.source} do not fit the model that config.json describes: {exc!r}",

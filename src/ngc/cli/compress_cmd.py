@@ -154,6 +154,15 @@ def compress_command(
     save_dtype: Annotated[
         str | None, typer.Option(metavar="DTYPE", help="Dtype of the saved weights (default: --dtype).")
     ] = None,
+    factor_dtype: Annotated[
+        str,
+        typer.Option(
+            metavar="float|int8",
+            help="How the factors are stored and multiplied: float (the dtype of the other weights, --save-dtype) "
+            "or int8 (after compression and refinement, torchao's int8 weight-only quantization with one scale "
+            "per output row; needs pip install 'ngc[int8]').",
+        ),
+    ] = "float",
     device: Device = "cpu",
     stream: Annotated[
         bool | None,
@@ -199,6 +208,7 @@ def compress_command(
       ngc compress smollm2-135m --method basis-sharing --ratio 0.2 --calib-samples 64 --out smol-bs-20
       ngc compress smollm2-135m --method ngc --topology intra --ratio 0.3 --dry-run
       ngc compress smollm2-135m --method ngc --topology intra --alloc auto --sequential --ratio 0.3 --out smol-ngc
+      ngc compress smollm2-135m --method ngc --ratio 0.5 --factor-dtype int8 --out smol-ngc-50-int8
     """
     from ngc.checkpoint.manifest import is_checkpoint
     from ngc.checkpoint.save import check_target
@@ -211,6 +221,7 @@ def compress_command(
     from ngc.errors import UsageError
     from ngc.fit.methods import get_method
     from ngc.models.load import parse_dtype
+    from ngc.modules.int8 import INT8, check_factor_dtype, check_int8_support
     from ngc.pipeline.distributed import launch_rank
     from ngc.topology.blocks import parse_roles
 
@@ -240,6 +251,8 @@ def compress_command(
     calib_config = CalibConfig(calib, calib_samples, calib_len, seed)
     parse_dtype(dtype)
     stored_dtype = parse_dtype(save_dtype) if save_dtype else None
+    if check_factor_dtype(factor_dtype) == INT8:  # torchao present, and its kernels run here (before any output)
+        check_int8_support(device, (parse_dtype(dtype), stored_dtype or parse_dtype(dtype)))
     _check_json_target(json_out)
     if out is None and not dry_run:
         raise UsageError("no --out folder given", hint="add --out DIR (or --dry-run to only see the plan)")
@@ -271,6 +284,7 @@ def compress_command(
             json_out=json_out,
             dtype=dtype,
             save_dtype=stored_dtype,
+            factor_dtype=factor_dtype,
             device=device,
             cache=cache,
             force=force,

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from ngc.config import CalibConfig, CompressionConfig
 from ngc.errors import UsageError
+from ngc.modules.int8 import INT8, quantize_factors
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class CompressJob:
     batch_size: int
     precision: str | None
     hidden_on: str
+    factor_dtype: str = "float"  # "int8": factors quantized after compression (ngc.modules.int8)
 
     def fingerprint(self) -> dict[str, Any]:
         """What every rank must agree on."""
@@ -177,6 +179,7 @@ def _run_streamed(job: CompressJob, folder: Path, device: str, world, console: C
         force=job.force,
         world=world,
         base_name=job.model,
+        factor_dtype=job.factor_dtype,
     )
     _report(job, result, world, console)
 
@@ -224,6 +227,8 @@ def _run_in_memory(job: CompressJob, device: str, world, console: Console) -> No
         refinement=refinement,
         on_closed_form=save_closed_form if refinement is not None else None,
     )
+    if job.factor_dtype == INT8:
+        quantize_factors(loaded.model)  # after refinement; redoes result.accounting
     save(loaded.model, result)
     world.barrier()
     _report(job, result, world, console)

@@ -45,6 +45,7 @@ def info_command(
     console.print(
         f"[bold]{folder}[/bold]: {config.get('method')} at R = {config.get('ratio')} "
         f"(topology: {topology}; roles: {','.join(config.get('roles', []))}), stored as {manifest.get('dtype')}"
+        + (f" with {factors} factors" if (factors := manifest.get("factor_dtype", "float")) != "float" else "")
     )
     console.print(f"base model: {base.get('name')} (weights sha256 {str(base.get('weights_sha256'))[:16]}...)")
     if calibration.get("source"):

@@ -16,6 +16,10 @@ The scope is eager-mode bookkeeping only. Under ``torch.compile`` (and ``torch.e
 compiler: inductor merges them with ``freezing=True`` (its inference mode, used by :func:`ngc.eval.speed`), and
 in training graphs, but not in plain no-grad graphs without freezing (measured on torch 2.13: 6 products for
 q, k, v of one basis without freezing, 4 with it).
+
+Factors may be int8 (:mod:`ngc.modules.int8`, after compression): a basis then holds ``Bt`` and a module its
+``A`` as :class:`ngc.modules.int8.Int8Factor` (``int8`` is True), and each product is ``F.linear`` through torchao;
+float factors run the float code below unchanged.
 """
 
 from __future__ import annotations
@@ -36,24 +40,35 @@ class GroupBasis(nn.Module):
         self.group_id = group_id
         self.readers = readers  # members of one layer that read the same input (reported, not needed)
         self.B = nn.Parameter(torch.empty(n, k, dtype=dtype, device=device))
+        self.int8 = False  # True: B is replaced by the int8 (k, n) factor Bt (ngc.modules.int8)
         self._scopes = 0  # open message scopes (eager only)
         self._seen: list[tuple[torch.Tensor, int, bool, torch.Tensor]] = []  # (x, version, grad, z) in the scope
 
     @property
     def rank(self) -> int:
-        return int(self.B.shape[1])
+        return int(self.Bt.shape[0] if self.int8 else self.B.shape[1])
+
+    @property
+    def n(self) -> int:
+        return int(self.Bt.shape[1] if self.int8 else self.B.shape[0])
+
+    def numel(self) -> int:
+        return self.n * self.rank
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        return self.Bt(x) if self.int8 else x @ self.B
 
     def message(self, x: torch.Tensor) -> torch.Tensor:
         """``z = Bᵀ x`` for every token (x: (..., n) -> (..., k)); inside an open scope, reused for the same
         unchanged input."""
         if torch.compiler.is_compiling() or not self._scopes:
-            return x @ self.B
+            return self._product(x)
         version = -1 if x.is_inference() else x._version  # inference tensors keep no version counter
         grad = torch.is_grad_enabled()
         for seen, seen_version, seen_grad, z in self._seen:
             if seen is x and seen_version == version and seen_grad == grad:
                 return z
-        z = x @ self.B  # (..., k)
+        z = self._product(x)  # (..., k)
         self._seen.append((x, version, grad, z))
         return z
 
@@ -71,7 +86,7 @@ class GroupBasis(nn.Module):
         self._seen.clear()
 
     def extra_repr(self) -> str:
-        return f"group={self.group_id!r}, n={self.B.shape[0]}, k={self.rank}, readers={self.readers}"
+        return f"group={self.group_id!r}, n={self.n}, k={self.rank}, readers={self.readers}"
 
     def _apply(self, fn, recurse=True):  # dtype/device changes invalidate held messages
         self._seen.clear()
@@ -107,6 +122,7 @@ class FactorizedLinear(nn.Module):
                 for m, b in zip(part_rows, bases, strict=True)
             ]
         )
+        self.int8 = False  # True: each A is an int8 factor (ngc.modules.int8)
         self.in_features = int(first.shape[0])
         self.out_features = int(sum(part_rows))
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
@@ -119,14 +135,20 @@ class FactorizedLinear(nn.Module):
 
     def to_dense(self) -> torch.Tensor:
         """The rebuilt dense weight (out, in) in torch's convention, for export and tests; never used in forward."""
-        W = torch.cat([A @ basis.B.T for A, basis in zip(self.A, self.bases, strict=True)], dim=0)
+        if self.int8:
+            W = torch.cat([A.dequantize() @ b.Bt.dequantize() for A, b in zip(self.A, self.bases, strict=True)])
+        else:
+            W = torch.cat([A @ basis.B.T for A, basis in zip(self.A, self.bases, strict=True)], dim=0)
         return W if self.output_index is None else W.index_select(0, self.output_index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         messages: list[torch.Tensor] = []
         for basis, first in zip(self.bases, self.first_reader, strict=True):
             messages.append(basis.message(x) if first == len(messages) else messages[first])
-        parts = [z @ A.T for z, A in zip(messages, self.A, strict=True)]  # (..., m_i) each
+        if self.int8:
+            parts = [A(z) for z, A in zip(messages, self.A, strict=True)]  # F.linear through torchao
+        else:
+            parts = [z @ A.T for z, A in zip(messages, self.A, strict=True)]  # (..., m_i) each
         y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         if self.output_index is not None:
             y = y.index_select(-1, self.output_index)
