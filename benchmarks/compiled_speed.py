@@ -32,12 +32,12 @@ from ngc.models.load import LoadedModel, load_model
 TINY = "tests-tiny"  # a tiny random Llama built in memory, for smoke tests
 
 
-def load(name: str) -> LoadedModel:
+def load(name: str, device: str = "cpu") -> LoadedModel:
     if name != TINY:
-        return load_model(name)
+        return load_model(name, device=device)
     from ngc.models.tiny import build_tiny_model
 
-    model = build_tiny_model("llama")
+    model = build_tiny_model("llama").to(device).eval()
     return LoadedModel(model=model, tokenizer=None, spec=None, name=name, folder=None, load_seconds=0.0)
 
 

@@ -36,33 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from compiled_speed import calibration, load  # the sibling script (benchmarks/ is on the path when run)
 
 from ngc.accounting import account
 from ngc.api import calibration_info, compress
 from ngc.config import CompressionConfig
-from ngc.data.windows import CalibrationWindows, calibration_windows, tokenize_text
+from ngc.data.windows import tokenize_text
 from ngc.eval.perplexity import token_perplexity
 from ngc.eval.speed import benchmark, parse_decode
-from ngc.models.load import LoadedModel, load_model
+from ngc.models.load import LoadedModel
 from ngc.modules.int8 import check_int8_support, quantize_factors
-
-TINY = "tests-tiny"  # a tiny random Llama built in memory, for smoke tests
-
-
-def load(name: str, device: str) -> LoadedModel:
-    if name != TINY:
-        return load_model(name, device=device)
-    from ngc.models.tiny import build_tiny_model
-
-    model = build_tiny_model("llama").to(device).eval()
-    return LoadedModel(model=model, tokenizer=None, spec=None, name=name, folder=None, load_seconds=0.0)
-
-
-def calibration(loaded: LoadedModel, samples: int, length: int, seed: int) -> CalibrationWindows:
-    if loaded.tokenizer is None:  # the tiny model: random tokens
-        ids = torch.randint(0, 250, (samples, length), generator=torch.Generator().manual_seed(seed))
-        return CalibrationWindows(ids, "random tokens", None, seed)
-    return calibration_windows(loaded.tokenizer, "wikitext2", samples, length, seed, loaded.bos_token_id)
 
 
 def evaluation_tokens(loaded: LoadedModel, window_len: int, windows: int) -> tuple[torch.Tensor, dict[str, Any]]:
