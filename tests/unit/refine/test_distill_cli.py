@@ -89,3 +89,12 @@ def test_block_then_distill_on_the_command_line(tmp_path, tiny_folders, text_fil
     assert record["config"]["refine"] == "block+distill" and record["distill"]["steps"] == 3
     assert sorted(record["block"]) == ["L0", "L1"]
     assert json.loads((out / "ngc.json").read_text())["distill"]["steps"] == 3
+
+
+def test_a_chain_in_the_wrong_order_is_a_usage_error(capsys, tmp_path, tiny_folders, text_file):
+    args = compress_args(tiny_folders["llama"], text_file, tmp_path / "ckpt")
+    args[args.index("distill")] = "distill+block"
+    assert cli.run(args) == 2
+    err = capsys.readouterr().err
+    assert "unknown refinement 'distill+block'" in err and "block+distill" in err and "Traceback" not in err
+    assert not (tmp_path / "ckpt").exists()
