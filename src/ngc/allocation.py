@@ -2,9 +2,12 @@
 
 - ``v2`` (SVD-LLM V2): within each role, removed fractions from ``1/log`` of each group's raw output error at
   the uniform ratio (:func:`ngc.fit.allocate.v2_ranks`).
-- ``zero-sum`` (ZS-SVD): every whitened component of every group scored by its first-order loss change from the
-  mean calibration gradient, chosen globally by the zero-sum rule (:mod:`ngc.fit.zero_sum`); a group past its
-  break-even rank is left dense and leaves the topology before fitting.
+- ``zero-sum`` (ZS-SVD): every whitened component of every matrix scored by its first-order loss change from the
+  mean calibration gradient, chosen globally by the zero-sum rule (:mod:`ngc.fit.zero_sum`); a matrix past its
+  break-even rank is left dense. The members of a group that survive then share one basis again, at the rank
+  that stores what their selected per-matrix ranks would (:func:`regroup`). Scoring a whole group as one stack
+  instead makes it one dense-or-not unit: on SmolLM2 at R = 0.2, 21 of 30 ``q+k+v`` groups stayed dense and the
+  budget came out of the MLPs (perplexity 47.54, against 44.20 for uniform ranks).
 """
 
 from __future__ import annotations
@@ -91,6 +94,23 @@ def shared_units(groups: Sequence[Group]) -> dict[str, str]:
     return {g.id: root(g.id) for g in groups}
 
 
+def regroup(group: Group, ranks: Mapping[str, int], dense: set[str]) -> tuple[Group, int] | None:
+    """The members of ``group`` not left ``dense``, as one group, and the rank that stores what theirs did.
+
+    ``ranks`` and ``dense`` are keyed by the members' per-matrix group ids. The shared rank
+    ``⌊Σ_s k_s (m_s + n) / (Σ_s m_s + n)⌋`` (at least 1) never stores more than the per-matrix ranks ``k_s``, so
+    the group stays within the selection's budget and below its own break-even rank. ``None``: every member
+    stays dense.
+    """
+    alone = {m: Group((m,)).id for m in group.members}
+    survivors = tuple(m for m in group.members if alone[m] not in dense)
+    if not survivors:
+        return None
+    kept = Group(survivors)
+    stored = sum(ranks[alone[m]] * (m.m + m.n) for m in survivors)
+    return kept, max(1, stored // (kept.m_total + kept.n))
+
+
 def allocate_zero_sum(
     model: nn.Module,
     method: Method,
@@ -99,29 +119,40 @@ def allocate_zero_sum(
     windows: torch.Tensor,
     config: CompressionConfig,
 ) -> Allocation:
-    """ZS-SVD's global selection; groups past break-even are dropped from the returned topology (left dense).
+    """ZS-SVD's global selection over every matrix, then each group's survivors share a basis (module docstring).
 
-    Groups that share a module (the parts of a fused module, e.g. GPT-2's ``c_attn``) stay dense together or not
-    at all: the break-even rule applies to them as one unit.
+    Matrices that share a module (the parts of a fused module, e.g. GPT-2's ``c_attn``) stay dense together or
+    not at all: the break-even rule applies to them as one unit. Matrices past break-even leave the topology.
     """
-    members = [m for g in groups for m in g.members]
+    matrices = [Group((m,)) for g in groups for m in g.members]
     start = time.perf_counter()
-    gradients = mean_gradients(model, windows, members)
+    gradients = mean_gradients(model, windows, [g.members[0] for g in matrices])
     seconds = time.perf_counter() - start
     offered = {}
-    for group in progress(groups, desc="allocation (component scores)", unit="group"):
-        weights = [member_weight(model, m) for m in group.members]
+    for matrix in progress(matrices, desc="allocation (component scores)", unit="matrix"):
+        member = matrix.members[0]
         _sigma, scores = component_scores(
-            weights, [gradients[m.id] for m in group.members], _transform(method, group, moments, config)
+            [member_weight(model, member)], [gradients[member.id]], _transform(method, matrix, moments, config)
         )
-        offered[group.id] = candidates(scores, group.m_total + group.n, group.dense_params)
+        offered[matrix.id] = candidates(scores, member.m + member.n, member.m * member.n)
     target = round(config.ratio * sum(g.dense_params for g in groups))
-    selection = zero_sum_select(offered, target, shared_units(groups), keep_rank_ratio(config.ratio))
+    selection = zero_sum_select(offered, target, shared_units(matrices), keep_rank_ratio(config.ratio))
     dense = set(selection.dense)
-    kept = tuple(g for g in groups if g.id not in dense)
+    kept: list[Group] = []
+    ranks: dict[str, int] = {}
+    shared: dict[str, int] = {}
+    for group in groups:
+        regrouped = regroup(group, selection.ranks, dense)
+        if regrouped is not None:
+            kept.append(regrouped[0])
+            ranks[regrouped[0].id] = regrouped[1]
+            if len(regrouped[0].members) > 1:
+                shared[regrouped[0].id] = regrouped[1]
     report = {
         "rule": "zero-sum",
         "dense": sorted(dense),
+        "matrix_ranks": {gid: selection.ranks[gid] for gid in offered if gid not in dense},
+        "shared_ranks": shared,
         "predicted_loss_change": selection.predicted,
         "target_saved": target,
         "selected_saved": selection.saved,
@@ -129,8 +160,7 @@ def allocate_zero_sum(
     warnings = []
     if dense:
         warnings.append(
-            f"zero-sum allocation: {len(dense)} group(s) past their break-even rank stay dense: "
+            f"zero-sum allocation: {len(dense)} matri(ces) past their break-even rank stay dense: "
             f"{', '.join(sorted(dense)[:6])}{' ...' if len(dense) > 6 else ''}"
         )
-    ranks = {g.id: selection.ranks[g.id] for g in kept}
-    return Allocation(kept, ranks, report, warnings, seconds)
+    return Allocation(tuple(kept), ranks, report, warnings, seconds)

@@ -51,7 +51,8 @@ class GroupReport:
     relative_loss: float
     ridge: float
     factorisation: str | None = None  # whitening: "cholesky" or "eigh" (asked for, or the Cholesky fallback)
-    condition: float | None = None  # cholesky: min L_ii² / max C_ii; eigh: λ_min / λ_max (or the rejected factor's)
+    # cholesky: min(min L_ii², λ̂_min) / max C_ii; eigh: λ_min / λ_max (or the rejected factor's)
+    condition: float | None = None
     floored: int = 0  # eigenvalues raised to the floor
 
 

@@ -1,8 +1,9 @@
 """Input transforms ``S`` such that the fit is a truncated SVD of ``W S`` (SPEC §4, §6).
 
 - whitening: ``S = L`` with ``C = L Lᵀ`` (Cholesky; a ridge ``λ·mean(diag C)·I`` is added when C is singular).
-  When a pivot of L is at rounding-noise level (``min L_ii² < n·eps·max C_ii``: L is unreliable and ``B = L⁻ᵀ V``
-  explodes), it falls back to ``S = Q Λ^{1/2}`` from ``C = Q Λ Qᵀ``, eigenvalues floored at ``EIGEN_FLOOR·λ_max``.
+  When a pivot of L, or the smallest eigenvalue of ``L Lᵀ`` estimated by inverse power steps, is at rounding-noise
+  level (``< n·eps·max C_ii``: L is unreliable and ``B = L⁻ᵀ V`` explodes), it falls back to ``S = Q Λ^{1/2}``
+  from ``C = Q Λ Qᵀ``, eigenvalues floored at ``EIGEN_FLOOR·λ_max``.
 - eigendecomposition on request (``factorisation="eigen"``, SVD-LLM V2's whitening): ``S = Q Λ^{1/2}`` directly,
   no ridge; ``condition`` is then ``λ_min / λ_max`` of C.
 - diagonal scales: ``S = diag(s)`` (ASVD's activation scales, FWSVD's √Fisher)
@@ -33,8 +34,8 @@ class Transform:
 
     ``factorisation`` says how a matrix ``S`` was made: ``"cholesky"`` (lower triangular, ``S Sᵀ = C + ridge``)
     or ``"eigh"`` (``S = Q Λ^{1/2}``, the fallback for a Cholesky factor with near-zero pivots). ``condition``
-    is ``min L_ii² / max C_ii`` of the Cholesky attempt (small = ill-conditioned); for ``"eigh"`` that of the
-    rejected Cholesky factor (``λ_min / λ_max`` of C when the eigendecomposition was asked for), and ``floored``
+    is ``min(min L_ii², λ̂_min) / max C_ii`` of the Cholesky attempt (small = ill-conditioned); for ``"eigh"`` that
+    of the rejected Cholesky factor (``λ_min / λ_max`` of C when the eigendecomposition was asked for), and ``floored``
     counts the eigenvalues raised to the floor.
     """
 
@@ -89,9 +90,33 @@ class Transform:
 IDENTITY = Transform(None)
 
 
+#: inverse-power steps that estimate λ_min(C) through the Cholesky factor
+INVERSE_POWER_STEPS = 8
+
+
 def _pivot_condition(L: torch.Tensor, C: torch.Tensor) -> float:
-    """``min L_ii² / max C_ii``: the smallest pivot of the Cholesky factor relative to C's scale."""
-    return float(L.diagonal().square().min() / C.diagonal().max())
+    """``min(min L_ii², λ̂_min) / max C_ii``: the smallest pivot of the Cholesky factor, or the smallest eigenvalue
+    of ``L Lᵀ`` estimated by inverse power steps if that is smaller, relative to C's scale.
+
+    Small pivots are sufficient for a near-singular C but not necessary: a C with ``λ_min / λ_max = 2e-16`` can
+    factor with pivots of ``1e-7``. Each step solves ``L Lᵀ x' = x`` (two triangular solves, O(n²)); from above,
+    ``1 / ‖x'‖`` for a unit ``x`` approaches ``λ_min`` of ``L Lᵀ`` (an unreliable factor only makes it smaller).
+    """
+    pivot = float(L.diagonal().square().min())
+    x = torch.randn(L.shape[0], 1, dtype=L.dtype, device=L.device, generator=_generator(L.device))
+    smallest = float("inf")
+    for _ in range(INVERSE_POWER_STEPS):
+        x = x / x.norm()
+        x = torch.cholesky_solve(x, L)
+        size = float(x.norm())
+        if not size < float("inf"):  # overflow or NaN: the factor is not usable
+            return 0.0
+        smallest = min(smallest, 1.0 / size)
+    return min(pivot, smallest) / float(C.diagonal().max())
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(0)
 
 
 def eigen_whitening(C: torch.Tensor, condition: float | None = None) -> Transform:

@@ -197,3 +197,20 @@ def test_groups_of_one_unit_stay_dense_together():
 def test_candidates_drop_from_the_smallest_singular_value():
     c = candidates(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64), cost=4, dense=9)
     assert c.scores == (1.0, 2.0, 3.0) and c.full_rank == 3
+
+
+def test_regroup_shares_a_basis_among_survivors_at_no_more_than_their_per_matrix_cost():
+    from ngc.allocation import regroup
+    from ngc.topology.blocks import Member
+    from ngc.topology.groups import Group
+
+    q, k, v = (Member(f"l.{r}", r, 0, m, 16, "L0:q+k+v") for r, m in (("q", 16), ("k", 4), ("v", 4)))
+    group = Group((q, k, v))
+    ranks = {"L0:q": 6, "L0:k": 2, "L0:v": 3}
+    kept, rank = regroup(group, ranks, dense={"L0:k"})
+    assert kept.members == (q, v)
+    assert rank == (6 * 32 + 3 * 20) // (20 + 16)  # 7: one shared basis stores no more than the two alone
+    assert kept.params_at_rank(rank) <= 6 * 32 + 3 * 20 < kept.params_at_rank(rank + 1)
+    assert regroup(group, ranks, dense={"L0:q", "L0:k", "L0:v"}) is None
+    alone, one = regroup(group, ranks, dense={"L0:q", "L0:k"})
+    assert alone.members == (v,) and one == 3

@@ -17,6 +17,7 @@ from ngc.models.tiny import build_tiny_model
 from ngc.modules.factorized import FactorizedLinear
 from ngc.refine.block import layer_factors, refine_block
 from ngc.topology.blocks import find_members
+from ngc.topology.groups import build_topology
 
 
 def calibration(n_windows: int = 4, window_len: int = 48, seed: int = 0) -> CalibrationWindows:
@@ -180,6 +181,12 @@ def test_ngc_groups_take_the_zero_sum_allocation_and_block_refinement(topology):
     assert result.allocation["rule"] == "zero-sum"
     assert result.accounting.ratio_removed >= 0.3 - 1e-9
     assert result.block and all(r["after"] <= r["before"] for r in result.block.values())
-    if topology == "intra":  # q, k, v scored as one stack: fitted together, or left dense together
-        names = [g.id for g in result.groups] + list(result.allocation["dense"])
-        assert sum(name.endswith(":q+k+v") for name in names) == 2
+    dense = set(result.allocation["dense"])
+    fitted = [set(g.members) for g in result.groups]
+    for group in build_topology(topology, find_members(build_tiny_model("llama"))):
+        survivors = {m.id for m in group.members if f"L{m.layer}:{m.role}" not in dense}
+        # the members that are not left dense share one basis again; the dense ones are in no group
+        assert (survivors in fitted) if survivors else not any({m.id for m in group.members} & f for f in fitted)
+    for report in result.groups:
+        if len(report.members) > 1:
+            assert report.rank == result.allocation["shared_ranks"][report.id]
