@@ -51,11 +51,34 @@ def evaluate(loaded: LoadedModel, model: torch.nn.Module, text, args: argparse.N
     return {"ppl": result.ppl, "tokens": result.tokens, "windows": result.windows, "window_len": result.window_len}
 
 
-def refine_config(method: str, ratio: float, budget: int, args: argparse.Namespace) -> CompressionConfig:
+def cell_fields(label: str) -> dict[str, str]:
+    """``METHOD[~TOPOLOGY][+REFINE][:ALLOC]`` (the grammar of newer_baselines.sh) -> CompressionConfig fields.
+
+    ``+REFINE`` is the closed form's own refinement (``block``: AA-SVD's recipe); distillation follows it.
+    """
+    fields: dict[str, str] = {}
+    head = label
+    if ":" in head:
+        head, fields["alloc"] = head.split(":", 1)
+    if "+" in head:
+        head, fields["refine"] = head.split("+", 1)
+    if "~" in head:
+        head, fields["topology"] = head.split("~", 1)
+    fields["method"] = head
+    return fields
+
+
+def closed_form_config(label: str, ratio: float) -> CompressionConfig:
+    return CompressionConfig(ratio=ratio, **cell_fields(label))
+
+
+def refine_config(label: str, ratio: float, budget: int, args: argparse.Namespace) -> CompressionConfig:
+    fields = cell_fields(label)
+    before = fields.pop("refine", None)
     return CompressionConfig(
-        method=method,
         ratio=ratio,
-        refine="distill",
+        **fields,
+        refine=f"{before}+distill" if before else "distill",
         refine_tokens=budget,
         refine_lr=args.refine_lr,
         refine_batch=args.refine_batch,
@@ -107,7 +130,7 @@ def run(args: argparse.Namespace) -> None:
                 continue
             start = time.perf_counter()
             closed = copy.deepcopy(dense)
-            compress(closed, CompressionConfig(method=method, ratio=ratio), calib)
+            compress(closed, closed_form_config(method, ratio), calib)
             fit_seconds = time.perf_counter() - start
             for budget in todo:
                 row: dict[str, Any] = {"method": method, "ratio": ratio, "budget": budget, "fit_seconds": fit_seconds}
@@ -142,7 +165,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     listed = lambda kind: lambda s: [kind(float(x)) if kind is int else kind(x) for x in s.split(",")]  # noqa: E731
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--methods", type=listed(str), default=["ngc", "svd-llm", "basis-sharing"])
+    parser.add_argument(
+        "--methods",
+        type=listed(str),
+        default=["ngc", "svd-llm", "basis-sharing"],
+        help="cells METHOD[~TOPOLOGY][+REFINE][:ALLOC], e.g. ngc:zero-sum, aa-svd (its block refinement is its own)",
+    )
     parser.add_argument("--ratios", type=listed(float), default=[0.2, 0.4])
     parser.add_argument("--budgets", type=listed(int), default=[0, 100_000, 300_000, 1_000_000], help="tokens")
     parser.add_argument("--calib", default="wikitext2")
