@@ -3,10 +3,13 @@
 The data directory is ``--data-dir``, else ``$NGC_DATA_DIR`` (``ngc.settings.data_dir``). A named corpus maps
 each split to a file inside it. WikiText-2 raw is read the way the published perplexity figures read it: one
 record per line of the official file (blank lines as empty records), records joined with "\\n\\n" (SPEC §7).
+GSM8K (grade-school maths problems and worked solutions: a text unlike Wikipedia) is read as each record's
+question and answer, records joined with a blank line.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +24,23 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 def join_line_records(raw: str) -> str:
     """WikiText convention: every line is a record, blank ones empty; records joined with a blank line."""
     records = [line if line.strip() else "" for line in raw.splitlines(keepends=True)]
+    return "\n\n".join(records)
+
+
+def join_question_answers(raw: str) -> str:
+    """JSON lines with ``question`` and ``answer`` -> ``question\\nanswer`` per record, joined with a blank line."""
+    records = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            records.append(f"{item['question'].strip()}\n{item['answer'].strip()}")
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise DataFormatError(
+                f"line {number} is not a JSON object with text fields question and answer ({error})",
+                hint="use the GSM8K JSONL files (fields question, answer)",
+            ) from None
     return "\n\n".join(records)
 
 
@@ -39,6 +59,7 @@ CORPORA: dict[str, Corpus] = {
         {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"},
         join_line_records,
     ),
+    "gsm8k": Corpus("gsm8k", "gsm8k", {"train": "train.jsonl", "test": "test.jsonl"}, join_question_answers),
 }
 
 

@@ -56,3 +56,22 @@ def test_text_file_errors(tmp_path):
     latin.write_bytes("caf\xe9 au lait".encode("latin-1"))
     with pytest.raises(DataFormatError, match="not UTF-8"):
         load_text_file(latin)
+
+
+def test_gsm8k_reads_question_and_answer_of_every_record(tmp_path):
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    (folder / "test.jsonl").write_text(
+        '{"question": "Tom has 3 apples. ", "answer": "3 + 2 = 5\\n#### 5"}\n\n{"question": "Q2", "answer": "A2"}\n'
+    )
+    text = load_corpus("gsm8k", "test", tmp_path)
+    assert text.text == "Tom has 3 apples.\n3 + 2 = 5\n#### 5\n\nQ2\nA2"
+
+
+def test_gsm8k_record_without_an_answer_names_its_line(tmp_path):
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    (folder / "test.jsonl").write_text('{"question": "a", "answer": "b"}\n{"question": "only"}\n')
+    with pytest.raises(DataFormatError) as info:
+        load_corpus("gsm8k", "test", tmp_path)
+    assert "line 2" in info.value.message and "answer" in info.value.message
