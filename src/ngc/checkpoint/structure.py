@@ -77,17 +77,28 @@ def structure_from_quantization_config(record: dict[str, Any], source: str) -> S
     return Structure(groups, ranks, source, guard if isinstance(guard, str) else None, None, factor_dtype)
 
 
-def read_structure(folder: Path) -> Structure:
-    """The structure recorded in ``folder``: from ``ngc.json`` and/or ``config.json``, which must agree."""
+def checkpoint_records(
+    folder: Path, error: type[CheckpointError] = CheckpointError, hint: str = ""
+) -> tuple[dict[str, Any] | None, bool]:
+    """``(config.json's ngc quantization_config or None, whether ngc.json exists)``; ``error`` when neither is there."""
     config = read_config_json(folder)
     record = ngc_quantization_config(config) if config is not None else None
     has_manifest = (folder / MANIFEST).is_file()
     if not has_manifest and record is None:
-        raise CheckpointError(
+        raise error(
             f"{folder} is not an ngc checkpoint (no {MANIFEST}, and config.json names no ngc quantization_config)",
-            hint="give the folder that `ngc compress --out` (or ngc.save) wrote; plain model folders load with "
-            "ngc.load_model",
+            hint=hint or "give the folder that `ngc compress --out` (or ngc.save) wrote",
         )
+    return record, has_manifest
+
+
+def read_structure(folder: Path) -> Structure:
+    """The structure recorded in ``folder``: from ``ngc.json`` and/or ``config.json``, which must agree."""
+    record, has_manifest = checkpoint_records(
+        folder,
+        hint="give the folder that `ngc compress --out` (or ngc.save) wrote; plain model folders load with "
+        "ngc.load_model",
+    )
     from_config = structure_from_quantization_config(record, str(folder / CONFIG)) if record is not None else None
     if not has_manifest:
         assert from_config is not None

@@ -22,7 +22,7 @@ from typing import Any
 
 from ngc.checkpoint.manifest import FORMAT_VERSION, MANIFEST, CheckpointError, library_versions, read_manifest
 from ngc.checkpoint.shards import DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, SINGLE_FILE
-from ngc.checkpoint.structure import CONFIG, ngc_quantization_config, read_config_json
+from ngc.checkpoint.structure import CONFIG, checkpoint_records
 from ngc.errors import UsageError
 
 #: the format :func:`upgrade` rewrites
@@ -56,14 +56,7 @@ def checkpoint_format(folder: str | Path) -> int:
         raise NotACheckpointError(f"{folder}: no such folder", hint="give the folder that `ngc compress --out` wrote")
     if not folder.is_dir():
         raise NotACheckpointError(f"{folder} is a file, not a checkpoint folder", hint="give the checkpoint's folder")
-    config = read_config_json(folder)
-    record = ngc_quantization_config(config) if config is not None else None
-    has_manifest = (folder / MANIFEST).is_file()
-    if not has_manifest and record is None:
-        raise NotACheckpointError(
-            f"{folder} is not an ngc checkpoint (no {MANIFEST}, and config.json names no ngc quantization_config)",
-            hint="give the folder that `ngc compress --out` (or ngc.save) wrote",
-        )
+    record, has_manifest = checkpoint_records(folder, NotACheckpointError)
     recorded = record.get("format_version") if record is not None else None
     if recorded is not None and (not isinstance(recorded, int) or recorded > FORMAT_VERSION):
         raise CheckpointError(

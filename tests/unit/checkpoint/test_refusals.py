@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 import ngc
-from ngc.api import compress
 from ngc.checkpoint.load import load
 from ngc.checkpoint.manifest import CheckpointError, groups_from_records
-from ngc.config import CompressionConfig
-from ngc.data.windows import CalibrationWindows
 from ngc.errors import UsageError
 from ngc.models.tiny import build_tiny_model, build_tiny_tokenizer
 
-
-def compressed(family="llama", method="basis-sharing"):
-    model = build_tiny_model(family)
-    tokens = torch.randint(0, 250, (3, 40), generator=torch.Generator().manual_seed(0))
-    compress(model, CompressionConfig(method=method, ratio=0.3), CalibrationWindows(tokens, "random", None, 0))
-    return model
+from .folders import compressed, edit_json, logits, make_format_1
 
 
 @pytest.fixture(scope="module")
@@ -40,31 +29,9 @@ def sharded(model, tmp_path):
     return ngc.save(model, tmp_path / "sharded", max_shard_bytes=20_000)
 
 
-def logits(model):
-    ids = torch.randint(0, 250, (2, 16), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        return model(input_ids=ids).logits
-
-
-def edit_json(path, change):
-    payload = json.loads(path.read_text())
-    change(payload)
-    path.write_text(json.dumps(payload))
-
-
 def test_version_1_folder_still_loads(model, single):
     """Format 1: one model.safetensors without a guard, no quantization_config, ngc.json format_version 1."""
-    tensors = load_file(str(single / "model.safetensors"))
-    guard = json.loads((single / "config.json").read_text())["quantization_config"]["guard"]
-    del tensors[guard]
-    from safetensors import safe_open
-
-    with safe_open(str(single / "model.safetensors"), "pt") as handle:
-        aliases = handle.metadata()["ngc.aliases"]
-    save_file(tensors, str(single / "model.safetensors"), metadata={"format": "pt", "ngc.aliases": aliases})
-    edit_json(single / "config.json", lambda c: c.pop("quantization_config"))
-    edit_json(single / "ngc.json", lambda m: m.update(format_version=1))
-    assert torch.equal(logits(load(single)), logits(model))
+    assert torch.equal(logits(load(make_format_1(single))), logits(model))
 
 
 def test_a_folder_without_ngc_json_or_quantization_config_is_refused(single):
