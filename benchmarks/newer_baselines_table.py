@@ -1,6 +1,7 @@
 """Gather benchmarks/newer_baselines.sh cells into benchmarks/results/newer_baselines_smollm2.json (and print them).
 
-Each cell: the commands, WikiText-2 test perplexity, tokens, measured ratio removed, MAC ratio, wall times.
+Each cell: the commands, WikiText-2 test perplexity (and GSM8K's, the second text, where the cell scored it), tokens,
+measured ratio removed, MAC ratio, wall times.
 """
 
 from __future__ import annotations
@@ -16,15 +17,23 @@ def cell(label: str) -> dict:
     compress = json.loads((CELLS / f"{label}.compress.json").read_text())
     evaluated = json.loads((CELLS / f"{label}.eval.json").read_text())["ppl"]["wikitext2"]
     wall = json.loads((CELLS / f"{label}.wall.json").read_text())
-    method, ratio = label.split("@")
+    method, ratio = label.rsplit("@", 1)
     accounting = compress["result"]["accounting"] if "result" in compress else compress["accounting"]
     command = wall.pop(
         "command",  # cells written before the script recorded its command line had no refinement option
         f"ngc compress smollm2-135m --method {method} --ratio {ratio} --calib-samples 64 --calib-len 512 --out DIR",
     )
+    second = CELLS / f"{label}.gsm8k.json"
+    extra = {}
+    if second.is_file():
+        extra["ppl_gsm8k"] = json.loads(second.read_text())["ppl"]["gsm8k"]["ppl"]
+    evals = ["ngc eval DIR --ppl wikitext2 --max-windows 16"]
+    if extra:
+        evals.append("ngc eval DIR --ppl gsm8k --max-windows 16")
     return {
-        "commands": [command, "ngc eval DIR --ppl wikitext2 --max-windows 16"],
+        "commands": [command, *evals],
         "ppl": evaluated["ppl"],
+        **extra,
         "tokens": evaluated["tokens"],
         "window_len": evaluated["window_len"],
         "ratio_removed": accounting["ratio_removed"],
@@ -63,7 +72,11 @@ def main() -> None:
     }
     (RESULTS / "newer_baselines_smollm2.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     for label, row in table.items():
-        print(f"{label:18s} ppl {row['ppl']:9.3f}  R {row['ratio_removed']:.4f}  compress {row['compress_seconds']} s")
+        second = f"  gsm8k {row['ppl_gsm8k']:8.3f}" if "ppl_gsm8k" in row else ""
+        print(
+            f"{label:34s} ppl {row['ppl']:9.3f}{second}  R {row['ratio_removed']:.4f}  "
+            f"compress {row['compress_seconds']} s"
+        )
 
 
 if __name__ == "__main__":
