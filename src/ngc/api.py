@@ -17,7 +17,7 @@ from ngc.allocation import allocate_v2, allocate_zero_sum
 from ngc.calib.collect import CalibrationStats
 from ngc.calib.fisher import fisher_information
 from ngc.calib.moments import InputMoments
-from ngc.config import CompressionConfig
+from ngc.config import GRADIENT_ALLOCATIONS, CompressionConfig
 from ngc.data.windows import CalibrationWindows
 from ngc.errors import UsageError
 from ngc.fit.allocate import greedy_ranks, round_ranks, uniform_rank
@@ -109,7 +109,7 @@ def plan(model: nn.Module, config: CompressionConfig) -> tuple[Method, list[Memb
         ("--sequential", config.sequential),
         ("--exact", config.exact),
         ("--refine block", config.refines("block")),
-        ("--alloc zero-sum", config.alloc == "zero-sum"),
+        (f"--alloc {config.alloc}", config.alloc in GRADIENT_ALLOCATIONS),
     ):
         if wanted and method.weighting != "whiten":
             raise UsageError(
@@ -321,7 +321,7 @@ def _check_calibration(
         (config.refines("distill"), "distillation"),
         (config.refines("local") and stats is None, "local refinement"),
         (config.refines("block"), "block refinement"),
-        (config.alloc == "zero-sum", "the zero-sum allocation's gradients"),
+        (config.alloc in GRADIENT_ALLOCATIONS, f"the {config.alloc} allocation's gradients"),
     )
     for needed, what in needs_windows:
         if needed and windows is None:
@@ -358,7 +358,7 @@ def _auto_structure(model, method, members, groups, ranks, stats, fisher, config
         ranks = round_ranks({group.id: uniform_rank(group, config.ratio) for group in groups}, config.rank_multiple)
         result.topology, result.ranks = groups, ranks
         result.fit_seconds += time.perf_counter() - start
-    if config.alloc in ("v2", "zero-sum"):
+    if config.alloc in ("v2", *GRADIENT_ALLOCATIONS):
         assert stats is not None
         start = time.perf_counter()
         if config.alloc == "v2":

@@ -8,7 +8,9 @@ from typing import Any
 from ngc.arch import ROLES
 from ngc.errors import UsageError
 
-ALLOCATIONS = ("uniform", "auto", "auto-energy", "v2", "zero-sum")
+ALLOCATIONS = ("uniform", "auto", "auto-energy", "v2", "zero-sum", "loss")
+#: allocations that score components by the mean calibration gradient (backward passes through the whole model)
+GRADIENT_ALLOCATIONS = ("zero-sum", "loss")
 REFINE_STEPS = {"local": 50, "distill": 100, "block": 25}  # default steps per refinement mode
 #: refinements that compose: a per-layer one during the pipeline, then distillation of the whole model (SPEC §5)
 REFINE_CHAINS = ("local+distill", "block+distill")

@@ -36,12 +36,13 @@ def compress_command(
     alloc: Annotated[
         str | None,
         typer.Option(
-            metavar="uniform|auto|auto-energy|v2|zero-sum",
+            metavar="uniform|auto|auto-energy|v2|zero-sum|loss",
             help="Rank allocation: every group keeps 1-R of its weights (uniform), or ranks go where the "
             "normalised loss (auto) or the output error energy (auto-energy) falls most per parameter, same "
             "total; v2: SVD-LLM V2's per-role ratios from 1/log of each group's output error; zero-sum: ZS-SVD's "
-            "global choice of whitened components by their first-order loss change (groups past break-even stay "
-            "dense). Default: the method's own.",
+            "global choice of whitened components by their first-order loss change (matrices past break-even stay "
+            "dense); loss: the same rule with components ranked by loss change per parameter saved. Default: the "
+            "method's own.",
         ),
     ] = None,
     sequential: Annotated[

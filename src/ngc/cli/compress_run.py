@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from ngc.config import CalibConfig, CompressionConfig
+from ngc.config import GRADIENT_ALLOCATIONS, CalibConfig, CompressionConfig
 from ngc.errors import UsageError
 from ngc.modules.int8 import INT8, quantize_factors
 
@@ -75,9 +75,9 @@ def needs_whole_model(config: CompressionConfig) -> str | None:
         return "fwsvd's Fisher information needs backward passes through the whole model"
     if config.refines("distill"):
         return "distillation trains the whole model"
-    if config.alloc == "zero-sum":
+    if config.alloc in GRADIENT_ALLOCATIONS:
         return (
-            "zero-sum allocation (zs-svd) scores components by loss gradients: backward passes through the whole model"
+            f"{config.alloc} allocation scores components by loss gradients: backward passes through the whole model"
         )
     if config.alloc != "uniform" or config.topology == AUTO:
         return "auto allocation and auto topology compare every group before fitting any"

@@ -93,12 +93,14 @@ def zero_sum_select(
     target_saved: int,
     units: Mapping[str, str] | None = None,
     keep_rank_ratio: float = 0.0,
+    per_parameter: bool = False,
 ) -> Selection:
     """Drop components by the zero-sum rule until ``target_saved`` parameters are saved (module docstring).
 
     ``units`` maps a group to the unit it stays dense with (default: itself). Every group keeps at least
-    ``Candidates.min_rank(keep_rank_ratio)`` (never below 1). Raises :class:`UsageError` when dropping every
-    droppable component still saves too little.
+    ``Candidates.min_rank(keep_rank_ratio)`` (never below 1). ``per_parameter`` ranks candidates by
+    ``|ΔL| / cost`` (loss change per parameter a drop saves) instead of ``|ΔL|``. Raises :class:`UsageError`
+    when dropping every droppable component still saves too little.
     """
     unit_of = {gid: (units or {}).get(gid, gid) for gid in groups}
     members: dict[str, list[str]] = {}
@@ -111,13 +113,14 @@ def zero_sum_select(
 
     dropped = dict.fromkeys(groups, 0)
     floors = {gid: c.min_rank(keep_rank_ratio) for gid, c in groups.items()}
-    negative: list[tuple[float, float, str]] = []  # (|ΔL|, ΔL, group): the one nearest zero pops first
+    negative: list[tuple[float, float, str]] = []  # (|ΔL| [/ cost], ΔL, group): the one nearest zero pops first
     positive: list[tuple[float, float, str]] = []
 
     def offer(gid: str) -> None:
         if ranks[gid] > floors[gid]:
             score = groups[gid].scores[dropped[gid]]
-            heapq.heappush(negative if score < 0 else positive, (abs(score), score, gid))
+            key = abs(score) / groups[gid].cost if per_parameter else abs(score)
+            heapq.heappush(negative if score < 0 else positive, (key, score, gid))
 
     for gid in groups:
         offer(gid)

@@ -150,6 +150,19 @@ def test_zero_sum_never_takes_a_large_negative_first_order_gain_while_a_small_on
     assert selection.ranks == {"big": 4, "small": 1, "first": 3}
 
 
+def test_per_parameter_order_prefers_the_drop_that_saves_more_per_unit_of_loss():
+    # wide: each drop saves 40 parameters for ΔL 2 (0.05 per parameter); narrow: 10 for ΔL 1 (0.1 per parameter)
+    wide = Candidates((2.0, 2.0, 2.0, 2.0), cost=40, dense=160)
+    narrow = Candidates((1.0, 1.0, 1.0, 1.0), cost=10, dense=40)
+    # by |ΔL|: narrow three times (saved 30, its floor), then wide once (40 more)
+    by_change = zero_sum_select({"wide": wide, "narrow": narrow}, target_saved=40)
+    assert by_change.ranks == {"wide": 3, "narrow": 1} and by_change.saved == 30 + 40
+    # per parameter: wide's one drop saves the 40 at once
+    per_parameter = zero_sum_select({"wide": wide, "narrow": narrow}, target_saved=40, per_parameter=True)
+    assert per_parameter.ranks == {"wide": 3, "narrow": 4} and per_parameter.saved == 40
+    assert per_parameter.predicted == 2.0 < by_change.predicted == 5.0
+
+
 def test_rank_floor_is_a_fraction_of_the_break_even_rank():
     a = Candidates((0.0,) * 20, cost=10, dense=200)  # break-even rank 19 (rank 20 stores as much as dense)
     assert a.break_even == 19 and a.min_rank(0.0) == 1 and a.min_rank(0.3) == 6

@@ -173,12 +173,12 @@ def test_svd_llm_v2_reports_its_ratios_averaging_to_r_per_role():
     assert 0.29 <= result.accounting.ratio_removed <= 0.33
 
 
-@pytest.mark.parametrize("topology", ["intra", "cross-2"])
-def test_ngc_groups_take_the_zero_sum_allocation_and_block_refinement(topology):
+@pytest.mark.parametrize(("topology", "alloc"), [("intra", "zero-sum"), ("cross-2", "zero-sum"), ("intra", "loss")])
+def test_ngc_groups_take_the_zero_sum_allocation_and_block_refinement(topology, alloc):
     model = build_tiny_model("llama").eval()
-    config = CompressionConfig(method="ngc", topology=topology, ratio=0.3, alloc="zero-sum", refine="block")
+    config = CompressionConfig(method="ngc", topology=topology, ratio=0.3, alloc=alloc, refine="block")
     result = compress(model, config, calibration())
-    assert result.allocation["rule"] == "zero-sum"
+    assert result.allocation["rule"] == alloc
     assert result.accounting.ratio_removed >= 0.3 - 1e-9
     assert result.block and all(r["after"] <= r["before"] for r in result.block.values())
     dense = set(result.allocation["dense"])
