@@ -26,7 +26,9 @@ def main() -> None:
         loaded.model, calibration_windows(loaded.tokenizer, "wikitext2", args.calib_samples, args.calib_len, 0)
     )
     for alloc in ("auto", "auto-energy"):
-        config = CompressionConfig(method="ngc", topology="intra", ratio=args.ratio, alloc=alloc, sequential=False)
+        config = CompressionConfig(
+            method="ngc", topology="intra", ratio=args.ratio, alloc=alloc, sequential=False, refine="none"
+        )
         method, _members, groups, uniform = plan(loaded.model, config)
         ranks = allocate_auto(loaded.model, method, groups, stats.moments, None, config)
         by_kind: dict[str, list[float]] = defaultdict(list)

@@ -111,7 +111,9 @@ def main() -> None:
     }
     for ratio in (float(r) for r in args.ratios.split(",")):
         model = copy.deepcopy(loaded.model)
-        compressed = compress(model, CompressionConfig(method="ngc", ratio=ratio), stats)
+        compressed = compress(
+            model, CompressionConfig(method="ngc", ratio=ratio, alloc="uniform", refine="none"), stats
+        )
         for mode in modes:
             compiled = mode == "compiled"
             runs = [

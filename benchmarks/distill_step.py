@@ -63,7 +63,7 @@ def compressed_copy(dense: torch.nn.Module, args: argparse.Namespace) -> tuple[t
     student = copy.deepcopy(dense)
     generator = torch.Generator().manual_seed(args.seed)
     ids = torch.randint(0, vocab_size(dense), (args.calib_samples, args.calib_len), generator=generator)
-    config = CompressionConfig(method=args.method, ratio=args.ratio, sequential=False)
+    config = CompressionConfig(method=args.method, ratio=args.ratio, sequential=False, alloc="uniform", refine="none")
     result = compress(student, config, CalibrationWindows(ids, "random tokens", None, args.seed))
     return student.eval(), {
         "method": args.method,

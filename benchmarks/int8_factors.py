@@ -123,7 +123,9 @@ def main() -> None:
     calib = calibration(loaded, args.calib_samples, args.calib_len, args.seed)
     tokens, corpus = evaluation_tokens(loaded, args.ppl_len, args.ppl_windows)
     float_model = copy.deepcopy(dense)
-    compressed = compress(float_model, CompressionConfig(method="ngc", ratio=args.ratio), calib)
+    compressed = compress(
+        float_model, CompressionConfig(method="ngc", ratio=args.ratio, alloc="uniform", refine="none"), calib
+    )
     int8_model = copy.deepcopy(float_model)  # with its own copy of the compression record
     quantize_factors(int8_model)
     dense_bytes = account(dense).stored_bytes

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 $PYTHON benchmarks/compare.py --ratios 0.2,0.4,0.5 --out benchmarks/results/ngc_smollm2.json \
-  --cell "ngc=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.1" \
+  --cell "ngc=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.1,refine=none" \
   --cell "ngc+distill-100=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.1,refine=distill,refine_steps=100,ratios=0.2" \
   --cell "svd-llm+distill-100=method=svd-llm,refine=distill,refine_steps=100,ratios=0.2" \
   --cell "basis-sharing+distill-100=method=basis-sharing,refine=distill,refine_steps=100,ratios=0.2"

@@ -164,7 +164,7 @@ def allocate_zero_sum(
     warnings = []
     if dense:
         warnings.append(
-            f"zero-sum allocation: {len(dense)} matri(ces) past their break-even rank stay dense: "
+            f"{config.alloc} allocation: {len(dense)} matri(ces) past their break-even rank stay dense: "
             f"{', '.join(sorted(dense)[:6])}{' ...' if len(dense) > 6 else ''}"
         )
     return Allocation(tuple(kept), ranks, report, warnings, seconds)

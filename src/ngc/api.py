@@ -260,7 +260,8 @@ def compress_source(
         raise UsageError(
             "this configuration needs the whole model in memory (Fisher, distillation, auto allocation or "
             "topology, or precollected statistics)",
-            hint="load the model with ngc.load_model and call ngc.compress, or drop those options",
+            hint="load the model with ngc.load_model and call ngc.compress, or drop those options (ngc's streamed "
+            "defaults: alloc='uniform')",
         )
     result = CompressionResult(config, account(model), [], calibration_info(calibration, world), groups, ranks)
     result.pipeline = {

@@ -42,7 +42,7 @@ def compress_command(
             "total; v2: SVD-LLM V2's per-role ratios from 1/log of each group's output error; zero-sum: ZS-SVD's "
             "global choice of whitened components by their first-order loss change (matrices past break-even stay "
             "dense); loss: the same rule with components ranked by loss change per parameter saved. Default: the "
-            "method's own.",
+            "method's own (ngc: loss when the model is loaded whole, uniform when it is streamed).",
         ),
     ] = None,
     sequential: Annotated[
@@ -71,8 +71,7 @@ def compress_command(
             "refinement data (distill: see --refine-data, --refine-tokens); block+distill runs the first during the "
             "pipeline and distils the result (--refine-steps then counts distillation steps). The parameter count "
             "never changes. "
-            "Default: the method's own "
-            "(aa-svd: block, else none).",
+            "Default: the method's own (ngc and aa-svd: block in one process, else none).",
         ),
     ] = None,
     refine_steps: Annotated[
@@ -294,5 +293,6 @@ def compress_command(
             batch_size=calib_batch,
             precision=stats_precision,
             hidden_on=hidden_on,
+            given=frozenset(name for name, value in (("alloc", alloc), ("refine", refine)) if value is not None),
         )
     )

@@ -9,14 +9,14 @@ its share of the windows, and rank 0 writes.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 
-from ngc.config import GRADIENT_ALLOCATIONS, CalibConfig, CompressionConfig
+from ngc.config import CalibConfig, CompressionConfig
 from ngc.errors import UsageError
 from ngc.modules.int8 import INT8, quantize_factors
 
@@ -43,12 +43,14 @@ class CompressJob:
     precision: str | None
     hidden_on: str
     factor_dtype: str = "float"  # "int8": factors quantized after compression (ngc.modules.int8)
+    given: frozenset[str] = frozenset()  # config fields the user set (the method's defaults fill the others)
 
     def fingerprint(self) -> dict[str, Any]:
         """What every rank must agree on."""
         data = asdict(self) | {"config": self.config.to_dict(), "calib": asdict(self.calib)}
         data["text"] = None if self.text is None else len(self.text.text)
         data["refine_text"] = None if self.refine_text is None else len(self.refine_text.text)
+        data["given"] = sorted(self.given)
         return data
 
 
@@ -66,48 +68,11 @@ def check_pipeline_options(batch_size: int, precision: str | None, hidden_on: st
         raise UsageError(f"unknown --hidden-on {hidden_on!r}", hint=f"use one of {', '.join(HIDDEN_PLACES)}")
 
 
-def needs_whole_model(config: CompressionConfig) -> str | None:
-    """Why ``config`` cannot stream layer by layer (None when it can)."""
-    from ngc.api import AUTO
-    from ngc.fit.methods import get_method
-
-    if get_method(config.method).needs_fisher:
-        return "fwsvd's Fisher information needs backward passes through the whole model"
-    if config.refines("distill"):
-        return "distillation trains the whole model"
-    if config.alloc in GRADIENT_ALLOCATIONS:
-        return (
-            f"{config.alloc} allocation scores components by loss gradients: backward passes through the whole model"
-        )
-    if config.alloc != "uniform" or config.topology == AUTO:
-        return "auto allocation and auto topology compare every group before fitting any"
-    return None
-
-
-def _stream_folder(job: CompressJob) -> Path | None:
-    """The local folder to stream from, or None to load the model whole."""
-    from ngc.models.load import resolve_model
-    from ngc.pipeline.source import read_index
-    from ngc.settings import cache_dir
-
-    if job.stream is False:
-        return None
-    reason = needs_whole_model(job.config)
-    where, from_hub = resolve_model(job.model, cache_dir(job.cache))
-    if reason is not None or from_hub:
-        if job.stream:
-            raise UsageError(
-                f"--stream cannot be used here: {reason or 'a hub id is loaded by transformers, not streamed'}",
-                hint="drop --stream (the model is then loaded whole)",
-            )
-        return None
-    read_index(Path(where))  # refuses a folder without safetensors weights, with the reason
-    return Path(where)
-
-
 def run_compression(job: CompressJob) -> None:
     from transformers.utils import logging as hf_logging
 
+    from ngc.cli.compress_source import adapt_defaults, stream_folder
+    from ngc.models.load import parse_dtype
     from ngc.pipeline.distributed import init_world, rank_device
 
     hf_logging.disable_progress_bar()
@@ -115,7 +80,13 @@ def run_compression(job: CompressJob) -> None:
     device = rank_device(job.device, world)
     world.agree("arguments", job.fingerprint())
     console = Console(stderr=True, quiet=not world.is_main)
-    folder = _stream_folder(job)
+    config, notes = adapt_defaults(job.config, job.given, processes=world.size)
+    folder, config, streamed_notes = stream_folder(
+        job.model, config, job.given, job.stream, dtype=parse_dtype(job.dtype), device=str(device), cache=job.cache
+    )
+    for note in notes + streamed_notes:
+        console.print(f"[yellow]defaults:[/] {note}")
+    job = replace(job, config=config)
     if folder is not None:
         _run_streamed(job, folder, device, world, console)
     else:

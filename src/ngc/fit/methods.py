@@ -13,7 +13,8 @@
 | zs-svd        | per-matrix; components kept by the zero-sum rule   | Cholesky factor of C               |
 
 A method's ``defaults`` fill the config fields left unset (``alloc``, ``sequential``, ``sequential_shrink``,
-``refine``, ``whitening``).
+``refine``, ``whitening``); ``streamed`` and ``multi_process`` replace defaults that cannot run when the model is
+streamed layer by layer or split over processes (``ngc.cli.compress_source``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class Method:
     fixed_topology: bool
     summary: str
     defaults: Mapping[str, object] = field(default_factory=lambda: {"alloc": "uniform", "sequential": False})
+    streamed: Mapping[str, object] = field(default_factory=dict)  # defaults replaced when streamed layer by layer
+    multi_process: Mapping[str, object] = field(default_factory=dict)  # defaults replaced under torchrun
 
     @property
     def needs_moments(self) -> bool:
@@ -61,9 +64,13 @@ METHODS: dict[str, Method] = {
             "whiten",
             False,
             "neuronal groups: shared input states per topology",
-            # the best training-free setting measured on SmolLM2 (README, ablation): intra groups, uniform ranks,
-            # the sequential update
-            {"alloc": "uniform", "sequential": True},
+            # the best training-free setting measured on SmolLM2 at R = 0.2 to 0.5 (README, docs/defaults.md): intra
+            # groups, ranks by loss change per parameter saved, the sequential update, block-wise refinement
+            {"alloc": "loss", "sequential": True, "refine": "block"},
+            # what the defaults become where they cannot run (ngc.defaults): streamed layer by layer (the loss
+            # scores need the whole model) and several processes (block steps run in one)
+            streamed={"alloc": "uniform"},
+            multi_process={"refine": "none"},
         ),
         Method(
             "svd-llm-v2",

@@ -72,6 +72,9 @@ def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from torchao.quantization.granularity import PerRow
 
     out_features, in_features = weight.shape
+    if in_features == 1:  # torchao's per-row path fails on one column; a repeated column keeps every row's maximum
+        qdata, scale = int8_rows(weight.repeat(1, 2))
+        return qdata[:, :1].contiguous(), scale
     holder = nn.Linear(in_features, out_features, bias=False, device="meta")
     holder.weight = nn.Parameter(weight.detach().contiguous(), requires_grad=False)
     # set_inductor_config=False: torchao would otherwise change inductor's global settings for every later compile

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from ngc.accounting import account
 from ngc.api import collect_statistics, compress, plan
 from ngc.arch import decoder_layers
-from ngc.config import CompressionConfig
+from ngc.config import GRADIENT_ALLOCATIONS, CompressionConfig
 from ngc.data.windows import CalibrationWindows
 from ngc.errors import UsageError
 from ngc.fit.methods import METHODS
@@ -39,11 +40,11 @@ def test_every_family_compresses_with_every_method_and_generates(family, method)
     dense = logits(model, ids)
     result = compress(model, CompressionConfig(method=method, ratio=0.3), calibration())
     assert 0.3 <= result.accounting.ratio_removed < 0.36
-    # only the zero-sum allocation leaves blocks dense (past break-even), each one it reports
+    # only the gradient allocations (zero-sum, loss) leave blocks dense (past break-even), each one it reports
     dense_groups = result.allocation.get("dense", [])
     assert len(result.accounting.dense_modules) <= len(dense_groups)
     assert bool(result.accounting.dense_modules) == bool(dense_groups)
-    assert not dense_groups or METHODS[method].defaults["alloc"] == "zero-sum"
+    assert not dense_groups or METHODS[method].defaults["alloc"] in GRADIENT_ALLOCATIONS
     compressed = logits(model, ids)
     assert torch.isfinite(compressed).all() and dense.shape == compressed.shape
     # the factorised forward is exactly the dense model rebuilt from W = A Bᵀ, and each rebuilt weight has at
@@ -107,7 +108,7 @@ def test_cross_layer_basis_is_one_tensor_and_its_compute_is_counted_per_layer():
 
 def test_intra_group_shares_q_k_v_input_states():
     model = build_tiny_model("llama")
-    compress(model, CompressionConfig(method="ngc", topology="intra", ratio=0.3), calibration())
+    compress(model, CompressionConfig(method="ngc", topology="intra", ratio=0.3, alloc="uniform"), calibration())
     attn = decoder_layers(model)[0].self_attn
     assert attn.q_proj.bases[0] is attn.k_proj.bases[0] is attn.v_proj.bases[0]
     mlp = decoder_layers(model)[0].mlp
@@ -178,9 +179,9 @@ def test_selected_roles_only():
 def test_auto_allocation_keeps_the_budget_and_lowers_the_normalised_loss():
     calib = calibration(n_windows=4, window_len=64)
     uniform, auto = build_tiny_model("llama"), build_tiny_model("llama")
-    config = CompressionConfig(method="ngc", topology="intra", ratio=0.4)
+    config = CompressionConfig(method="ngc", topology="intra", ratio=0.4, alloc="uniform", refine="none")
     by_uniform = compress(uniform, config, calib)
-    by_auto = compress(auto, CompressionConfig(method="ngc", topology="intra", ratio=0.4, alloc="auto"), calib)
+    by_auto = compress(auto, dataclasses.replace(config, alloc="auto"), calib)
     kept_uniform = by_uniform.accounting.decoder_linear_params_kept
     assert abs(by_auto.accounting.decoder_linear_params_kept - kept_uniform) <= 0.005 * kept_uniform
     assert by_auto.accounting.decoder_linear_params_kept <= kept_uniform
@@ -232,7 +233,8 @@ def test_every_family_runs_the_full_ngc_pipeline(family):
     result = compress(model, config, calibration(window_len=64))
     kept = result.accounting.decoder_linear_params_kept
     uniform = build_tiny_model(family)
-    expected = compress(uniform, CompressionConfig(method="ngc", topology="intra-cross-2", ratio=0.4), calibration())
+    uniform_config = CompressionConfig(method="ngc", topology="intra-cross-2", ratio=0.4, alloc="uniform")
+    expected = compress(uniform, uniform_config, calibration())
     assert abs(kept - expected.accounting.decoder_linear_params_kept) <= 0.005 * kept
     out = model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=2, min_new_tokens=2, do_sample=False)
     assert out.shape == (1, 5)
@@ -260,7 +262,7 @@ def test_local_refinement_lowers_each_groups_output_error(method):
 def test_distillation_lowers_the_kl_and_keeps_the_parameter_count():
     calib = calibration(n_windows=4, window_len=32)
     plain = build_tiny_model("llama")
-    compress(plain, CompressionConfig(method="ngc", ratio=0.5, sequential=False), calib)
+    compress(plain, CompressionConfig(method="ngc", ratio=0.5, sequential=False, refine="none"), calib)
     model = build_tiny_model("llama")
     config = CompressionConfig(
         method="ngc", ratio=0.5, sequential=False, refine="distill", refine_steps=12, refine_lr=1e-2

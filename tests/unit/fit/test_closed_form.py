@@ -172,8 +172,10 @@ def test_a_near_singular_covariance_with_healthy_pivots_still_falls_back():
     eigenvalues[-1] = 1e-17
     C, _ = _spectrum_covariance(n, eigenvalues, seed=0)
     C = (C + C.T) / 2
-    L = torch.linalg.cholesky(C)
+    L, info = torch.linalg.cholesky_ex(C)
     noise = n * torch.finfo(torch.float64).eps
+    if int(info) != 0:
+        pytest.skip("this LAPACK build refuses C outright (the ridge path handles it); the premise needs a factor")
     assert float(L.diagonal().square().min() / C.diagonal().max()) > noise  # the pivots alone would pass
     transform = whitening(C)
     assert transform.factorisation == "eigh"

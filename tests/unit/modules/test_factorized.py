@@ -39,7 +39,7 @@ def fill(module: FactorizedLinear, seed: int) -> FactorizedLinear:
 def compressed_tiny(family: str, ratio: float = 0.5) -> torch.nn.Module:
     model = build_tiny_model(family).eval()
     calib = CalibrationWindows(torch.randint(0, 250, (3, 32), generator=torch.Generator().manual_seed(0)), "r", None, 0)
-    compress(model, CompressionConfig(method="ngc", ratio=ratio, sequential=False), calib)
+    compress(model, CompressionConfig(method="ngc", ratio=ratio, sequential=False, alloc="uniform"), calib)
     return model
 
 

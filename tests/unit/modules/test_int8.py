@@ -76,6 +76,19 @@ def test_one_factor_is_within_half_a_step_per_row():
 
 
 @needs_torchao
+@pytest.mark.parametrize("shape", [(64, 1), (1, 64)])
+def test_a_rank_one_factor_is_quantized_per_row_like_any_other(shape):
+    """A loss allocation can leave rank 1: a (out, 1) factor, which torchao's per-row path alone cannot quantize."""
+    W = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    factor = Int8Factor.from_float(W)
+    assert factor.qdata.shape == shape and factor.scale.shape == (shape[0], 1)
+    torch.testing.assert_close(factor.scale.reshape(-1), W.abs().amax(1) / 127.5, rtol=1e-6, atol=0)
+    assert ((factor.dequantize() - W).abs() <= factor.scale / 2 + 1e-6).all()
+    x = torch.randn(3, shape[1], generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(factor(x), F.linear(x, factor.dequantize()), atol=FLOAT_SLACK)
+
+
+@needs_torchao
 def test_a_module_of_shared_bases_is_within_the_propagated_bound_and_is_its_dequantized_dense_forward():
     g = torch.Generator().manual_seed(1)
     n = 16

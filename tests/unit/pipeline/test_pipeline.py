@@ -41,7 +41,7 @@ def in_memory(folder: Path, config: CompressionConfig):
 @pytest.mark.parametrize("family", tiny_families())
 def test_a_streamed_folder_gives_the_model_compressed_in_memory(family, tmp_path):
     folder = save_tiny_model(family, tmp_path / "dense")
-    config = CompressionConfig(method="ngc", ratio=0.3)
+    config = CompressionConfig(method="ngc", ratio=0.3, alloc="uniform")  # ngc's streamed defaults
     result = compress_folder(folder, tmp_path / "ckpt", config, WINDOWS)
     reference = in_memory(folder, config)
     assert torch.equal(logits(ngc.load(tmp_path / "ckpt")), logits(reference))
@@ -101,7 +101,7 @@ def sharded_copy(folder: Path, out: Path) -> Path:
 def test_a_sharded_source_gives_the_single_file_result(tmp_path):
     folder = save_tiny_model("gpt2", tmp_path / "dense")
     sharded = sharded_copy(folder, tmp_path / "sharded")
-    config = CompressionConfig(method="ngc", ratio=0.4)
+    config = CompressionConfig(method="ngc", ratio=0.4, alloc="uniform")
     compress_folder(folder, tmp_path / "a", config, WINDOWS)
     compress_folder(sharded, tmp_path / "b", config, WINDOWS)
     assert torch.equal(logits(ngc.load(tmp_path / "a")), logits(ngc.load(tmp_path / "b")))
@@ -155,6 +155,8 @@ def test_two_processes_give_the_single_process_result(method, tmp_path):
     text.write_text(" ".join(chr(97 + int(i)) * (1 + int(i) % 5) for i in words))
     args = [str(folder), "--method", method, "--ratio", "0.3", "--calib", str(text), "--calib-samples", "8"]
     args += ["--calib-len", "64"]
+    if method == "ngc":  # the same configuration in both runs (one process would otherwise add block refinement)
+        args += ["--alloc", "uniform", "--refine", "none"]
     run_cli(*args, "--out", str(tmp_path / "one"))
     torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     run_cli(*args, "--out", str(tmp_path / "two"), launcher=torchrun)
@@ -212,7 +214,7 @@ def test_a_terminated_compress_leaves_no_temporary_folder(tmp_path):
     text.write_text(" ".join(f"w{i % 997}" for i in range(60000)))
     out = tmp_path / "runs" / "ckpt"
     command = [sys.executable, "-m", "ngc", "compress", str(folder), "--method", "ngc", "--ratio", "0.3"]
-    command += ["--calib", str(text), "--calib-samples", "256", "--calib-len", "256", "--out", str(out)]
+    command += ["--calib", str(text), "--calib-samples", "256", "--calib-len", "256", "--out", str(out), "--stream"]
     env = os.environ | {"OMP_NUM_THREADS": "1", "NGC_NO_PROGRESS": "1"}
     child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

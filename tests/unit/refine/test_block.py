@@ -9,7 +9,7 @@ from ngc.api import compress
 from ngc.arch import decoder_layers
 from ngc.calib.fisher import mean_gradients
 from ngc.calib.layers import record_layer_calls, run_layer
-from ngc.cli.compress_run import needs_whole_model
+from ngc.cli.compress_source import needs_whole_model
 from ngc.config import CompressionConfig
 from ngc.data.windows import CalibrationWindows
 from ngc.errors import UsageError
@@ -43,7 +43,7 @@ def test_configurations_resolve_each_papers_recipe():
     assert (v2.whitening, v2.alloc, v2.sequential) == ("eigen", "v2", False)
     assert CompressionConfig(method="zs-svd").alloc == "zero-sum"
     ngc = CompressionConfig(method="ngc")
-    assert (ngc.sequential_shrink, ngc.refine, ngc.whitening) == (0.1, "none", "cholesky")
+    assert (ngc.sequential_shrink, ngc.refine, ngc.whitening, ngc.alloc) == (0.1, "block", "cholesky", "loss")
     with pytest.raises(UsageError, match="whitening"):
         CompressionConfig(whitening="qr")
     assert "gradients" in (needs_whole_model(CompressionConfig(method="zs-svd")) or "")

@@ -203,7 +203,7 @@ def test_early_stopping_keeps_the_last_factors_while_the_heldout_kl_falls():
 def test_a_learning_rate_that_makes_the_loss_non_finite_restores_the_closed_form():
     calib = calibration()
     plain = build_tiny_model("llama")
-    compress(plain, CompressionConfig(method="ngc", ratio=0.5, sequential=False), calib)
+    compress(plain, CompressionConfig(method="ngc", ratio=0.5, sequential=False, refine="none"), calib)
     model = build_tiny_model("llama")
     config = CompressionConfig(
         method="ngc", ratio=0.5, sequential=False, refine="distill", refine_steps=6, refine_lr=1e30
@@ -281,10 +281,16 @@ def test_the_default_heldout_slice_shrinks_with_short_data():
 def test_block_then_distill_composes_and_each_stage_runs_its_own_steps():
     calib = calibration()
     block_only = build_tiny_model("llama")
-    compress(block_only, CompressionConfig(method="ngc", ratio=0.5, refine="block"), calib)
+    compress(block_only, CompressionConfig(method="ngc", ratio=0.5, refine="block", alloc="uniform"), calib)
     model = build_tiny_model("llama")
     config = CompressionConfig(
-        method="ngc", ratio=0.5, refine="block+distill", refine_tokens=8 * WINDOW, refine_lr=1e-2, refine_heldout=0
+        method="ngc",
+        ratio=0.5,
+        alloc="uniform",
+        refine="block+distill",
+        refine_tokens=8 * WINDOW,
+        refine_lr=1e-2,
+        refine_heldout=0,
     )
     assert config.refine_stages == ("block", "distill") and config.steps_for("block") == 25
     result = compress(model, config, calib, refinement=stream(8 * WINDOW))
