@@ -19,7 +19,8 @@ from ngc.settings import data_dir
 
 pytestmark = pytest.mark.slow
 
-CONFIG = CompressionConfig(method="ngc", ratio=0.3)
+# one configuration every path can run: ngc with its streamed, multi-process defaults
+CONFIG = CompressionConfig(method="ngc", ratio=0.3, alloc="uniform", refine="none")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,7 @@ def test_streamed_in_memory_and_two_processes_give_one_model(smollm2, tmp_path):
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command += ["-m", "ngc", "compress", "smollm2-135m", "--method", "ngc", "--ratio", "0.3"]
+    command += ["--alloc", "uniform", "--refine", "none"]
     command += ["--calib-samples", "4", "--calib-len", "128", "--out", str(tmp_path / "two")]
     env = os.environ | {"OMP_NUM_THREADS": "1", "NGC_NO_PROGRESS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
