@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -138,8 +139,14 @@ def allocate_zero_sum(
         )
         offered[matrix.id] = candidates(scores, member.m + member.n, member.m * member.n)
     target = round(config.ratio * sum(g.dense_params for g in groups))
+    floors = {g.id: math.ceil(config.alloc_floor * uniform_rank(g, config.ratio)) for g in matrices}
     selection = zero_sum_select(
-        offered, target, shared_units(matrices), keep_rank_ratio(config.ratio), per_parameter=config.alloc == "loss"
+        offered,
+        target,
+        shared_units(matrices),
+        keep_rank_ratio(config.ratio),
+        per_parameter=config.alloc == "loss",
+        floors=floors if config.alloc_floor > 0 else None,
     )
     dense = set(selection.dense)
     kept: list[Group] = []

@@ -43,7 +43,8 @@ class CompressionConfig:
     roles: tuple[str, ...] = ROLES
     topology: str | None = None  # None = the method's own structure
     alloc: str | None = None  # "uniform" (each group keeps 1-R) or "auto" (greedy); None = the method's default
-    alloc_floor: float = 0.0  # auto allocation keeps at least this fraction of each group's uniform rank
+    alloc_floor: float = 0.0  # auto, zero-sum and loss allocations keep at least this fraction of each group's
+    # (zero-sum, loss: each matrix's) uniform rank
     sequential: bool | None = None  # fit on inputs from the compressed prefix (SPEC §4); None = method default
     sequential_shrink: float | None = None  # ridge λ of the sequential target / mean diag C̃ (0 = exact); None =
     # the method's default (0.1; aa-svd: 0, its anchored objective)
@@ -86,6 +87,11 @@ class CompressionConfig:
             )
         if self.whitening not in WHITENINGS:
             raise UsageError(f"unknown whitening {self.whitening!r}", hint=f"use one of {', '.join(WHITENINGS)}")
+        if not 0.0 <= self.alloc_floor <= 1.0:
+            raise UsageError(
+                f"allocation floor {self.alloc_floor} is outside [0, 1]",
+                hint="it is the fraction of each group's uniform rank kept at least, e.g. --alloc-floor 0.5",
+            )
         if self.rank_multiple < 1:
             raise UsageError(f"rank multiple {self.rank_multiple} must be at least 1", hint="e.g. --rank-multiple 64")
         if self.refine_steps < 0 or self.refine_lr <= 0:

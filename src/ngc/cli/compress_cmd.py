@@ -45,6 +45,14 @@ def compress_command(
             "method's own (ngc: loss when the model is loaded whole, uniform when it is streamed).",
         ),
     ] = None,
+    alloc_floor: Annotated[
+        float,
+        typer.Option(
+            metavar="F",
+            help="With --alloc auto, zero-sum or loss: every group (zero-sum, loss: every matrix) keeps at least this "
+            "fraction of its uniform rank (0 = no floor, 1 = uniform ranks).",
+        ),
+    ] = 0.0,
     sequential: Annotated[
         bool | None,
         typer.Option(
@@ -232,6 +240,7 @@ def compress_command(
         roles=parse_roles(roles),
         topology=topology,
         alloc=alloc,
+        alloc_floor=alloc_floor,
         sequential=sequential,
         exact=exact,
         refine=refine,

@@ -94,12 +94,14 @@ def zero_sum_select(
     units: Mapping[str, str] | None = None,
     keep_rank_ratio: float = 0.0,
     per_parameter: bool = False,
+    floors: Mapping[str, int] | None = None,
 ) -> Selection:
     """Drop components by the zero-sum rule until ``target_saved`` parameters are saved (module docstring).
 
     ``units`` maps a group to the unit it stays dense with (default: itself). Every group keeps at least
     ``Candidates.min_rank(keep_rank_ratio)`` (never below 1). ``per_parameter`` ranks candidates by
-    ``|ΔL| / cost`` (loss change per parameter a drop saves) instead of ``|ΔL|``. Raises :class:`UsageError`
+    ``|ΔL| / cost`` (loss change per parameter a drop saves) instead of ``|ΔL|``. ``floors`` raises a group's
+    minimum rank further (capped at its full rank). Raises :class:`UsageError`
     when dropping every droppable component still saves too little.
     """
     unit_of = {gid: (units or {}).get(gid, gid) for gid in groups}
@@ -112,7 +114,9 @@ def zero_sum_select(
         return max(0, sum(groups[g].dense - ranks[g] * groups[g].cost for g in members[unit]))
 
     dropped = dict.fromkeys(groups, 0)
-    floors = {gid: c.min_rank(keep_rank_ratio) for gid, c in groups.items()}
+    floors = {
+        gid: min(c.full_rank, max(c.min_rank(keep_rank_ratio), (floors or {}).get(gid, 0))) for gid, c in groups.items()
+    }
     negative: list[tuple[float, float, str]] = []  # (|ΔL| [/ cost], ΔL, group): the one nearest zero pops first
     positive: list[tuple[float, float, str]] = []
 

@@ -313,3 +313,21 @@ def test_sequential_with_cross_layer_groups_says_which_members_it_cannot_correct
     assert any("cross-layer groups" in warning for warning in result.warnings)
     plain = compress(build_tiny_model("llama"), CompressionConfig(method="ngc", ratio=0.3), calibration())
     assert not any("cross-layer groups" in warning for warning in plain.warnings)
+
+
+def test_the_loss_allocation_floor_keeps_every_matrix_at_its_share_of_the_uniform_rank():
+    from ngc.fit.allocate import uniform_rank
+    from ngc.topology.blocks import find_members, parse_roles
+    from ngc.topology.groups import Group
+
+    model = build_tiny_model("llama")
+    config = CompressionConfig(method="ngc", ratio=0.4, alloc="loss", alloc_floor=0.8, refine="none")
+    result = compress(model, config, calibration(window_len=64))
+    floors = {
+        Group((m,)).id: math.ceil(0.8 * uniform_rank(Group((m,)), 0.4))
+        for m in find_members(build_tiny_model("llama"), parse_roles(config.roles))
+    }
+    ranks = result.allocation["matrix_ranks"]
+    dense = set(result.allocation.get("dense", []))
+    assert ranks and all(ranks[gid] >= floors[gid] for gid in ranks if gid not in dense)
+    assert 0.4 <= result.accounting.ratio_removed < 0.45

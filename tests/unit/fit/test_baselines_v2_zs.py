@@ -172,6 +172,27 @@ def test_rank_floor_is_a_fraction_of_the_break_even_rank():
     assert keep_rank_ratio(0.2) == 0.0 and keep_rank_ratio(0.6) == 0.3
 
 
+def test_explicit_floors_stop_a_group_and_move_the_drops_to_the_others():
+    a = Candidates((0.0,) * 20, cost=10, dense=200)
+    b = Candidates((1.0,) * 20, cost=10, dense=200)
+    # without floors a's zero scores take it to rank 1 first (saved 190), then b pays the remaining 60
+    assert zero_sum_select({"a": a, "b": b}, target_saved=250).ranks == {"a": 1, "b": 14}
+    floored = zero_sum_select({"a": a, "b": b}, target_saved=250, floors={"a": 10})
+    assert floored.ranks == {"a": 10, "b": 5} and floored.saved == 250
+    # a floor above the full rank keeps the group whole (and the break-even rule then leaves it dense)
+    whole = zero_sum_select({"a": a, "b": b}, target_saved=150, floors={"a": 99})
+    assert whole.ranks["a"] == 20 and whole.dense == ("a",)
+
+
+def test_allocation_floor_is_checked():
+    from ngc.config import CompressionConfig
+
+    assert CompressionConfig(method="ngc", alloc_floor=0.5).alloc_floor == 0.5
+    with pytest.raises(UsageError, match="outside") as info:
+        CompressionConfig(method="ngc", alloc_floor=1.5)
+    assert "--alloc-floor" in info.value.hint
+
+
 def test_components_dropped_above_break_even_save_nothing_and_the_group_stays_dense():
     a = Candidates((-5.0, 9.0, 9.0, 9.0), cost=10, dense=25)  # rank 3 stores 30 > 25: saves only from rank 2
     b = Candidates((1.0, 1.0, 1.0, 1.0), cost=10, dense=40)
