@@ -4,7 +4,9 @@ For each ratio and method the closed form is fitted once (refine none: the budge
 distils its own copy of that closed form from scratch (the schedule depends on the budget), against the dense
 model, on the refinement data (default: the calibration corpus's split, all of it, with the default held-out
 slice), and is evaluated by perplexity on the test split (SPEC §7). Results go to ``--out`` after every cell
-(``--resume`` skips cells already there); ``--plot`` draws one panel per ratio.
+(``--resume`` skips cells already there); ``--plot`` draws one panel per ratio. Cells run in separate processes
+(each with its own ``--out``) are gathered with ``--merge A.json B.json --out ALL.json``: rows of runs with the
+same calibration, refinement data and dense evaluation, each cell once.
 
     OMP_NUM_THREADS=1 NGC_DATA_DIR=/path/to/data python benchmarks/refine_curve.py \\
         --out benchmarks/results/refine_curve_smollm2.json --plot benchmarks/results/refine_curve_smollm2.png
@@ -150,6 +152,25 @@ def run(args: argparse.Namespace) -> None:
         plot(payload, args.plot)
 
 
+def merge(parts: list[Path], out: Path, plot_to: Path | None) -> None:
+    """Rows of ``parts`` added to ``out`` (created from the first part when missing); settings must agree."""
+    payload = json.loads(out.read_text()) if out.is_file() else json.loads(parts[0].read_text())
+    done = {(r["method"], r["ratio"], r["budget"]) for r in payload["rows"]}
+    for part in parts:
+        other = json.loads(part.read_text())
+        for key in ("calibration", "refinement", "dense"):
+            if other[key] != payload[key]:
+                raise SystemExit(f"{part}: its {key} differs from {out}'s; only runs of one protocol merge")
+        for row in other["rows"]:
+            if (row["method"], row["ratio"], row["budget"]) not in done:
+                payload["rows"].append(row)
+                done.add((row["method"], row["ratio"], row["budget"]))
+    payload.setdefault("merged", []).extend(str(part) for part in parts)
+    write_json_atomic(out, payload)
+    if plot_to:
+        plot(payload, plot_to)
+
+
 def plot(payload: dict[str, Any], path: Path) -> None:
     from ngc.reports.plots import metric_vs_budget
 
@@ -188,8 +209,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, help="gather these runs' rows into --out")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    run(parse_args())
+    arguments = parse_args()
+    if arguments.merge:
+        merge(arguments.merge, arguments.out, arguments.plot)
+    else:
+        run(arguments)

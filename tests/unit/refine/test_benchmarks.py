@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
 
 
@@ -33,6 +35,22 @@ def test_refine_curve_writes_every_cell_resumes_and_plots(tmp_path, tiny_folders
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 6 and rows[-1]["budget"] == 160 and rows[-1]["distill"]["steps"] == 5
     assert plot.stat().st_size > 0
+
+
+def test_refine_curve_merges_runs_of_one_protocol_and_refuses_others(tmp_path, tiny_folders, text_file):
+    curve = load_script("refine_curve")
+    common = ["--model", str(tiny_folders["llama"]), "--calib", str(text_file), "--ppl-data", str(text_file)]
+    common += ["--calib-samples", "2", "--calib-len", "32", "--ppl-len", "32", "--ppl-windows", "2", "--ratios", "0.4"]
+    a, b, merged = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "all.json"
+    curve.run(curve.parse_args([*common, "--methods", "svd-llm", "--budgets", "0", "--out", str(a)]))
+    curve.run(curve.parse_args([*common, "--methods", "svd-llm,svd", "--budgets", "0", "--out", str(b)]))
+    curve.merge([a, b], merged, None)
+    rows = json.loads(merged.read_text())["rows"]
+    assert [(r["method"], r["budget"]) for r in rows] == [("svd-llm", 0), ("svd", 0)]  # each cell once
+    other = tmp_path / "other.json"
+    curve.run(curve.parse_args([*common, "--methods", "svd", "--budgets", "0", "--seed", "1", "--out", str(other)]))
+    with pytest.raises(SystemExit, match="differs"):
+        curve.merge([other], merged, None)
 
 
 def test_distill_step_reports_the_ratio_to_a_dense_forward(tmp_path):
