@@ -388,3 +388,21 @@ def test_pipeline_options_are_checked_with_the_fix(capsys, tmp_path, tiny_folder
     assert code == 2
     assert_clean_error(err, *fragments)
     assert not (tmp_path / "out").exists()
+
+
+def test_stream_with_a_gradient_allocation_names_both_fixes(capsys, tiny_folders, text_file, tmp_path):
+    args = ["compress", str(tiny_folders["llama"]), "--method", "ngc", "--alloc", "loss", "--stream"]
+    code, _, err = ngc(capsys, *args, "--calib", str(text_file), "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert_clean_error(err, "--stream cannot be used here", "drop --stream", "--alloc uniform")
+    assert not (tmp_path / "out").exists()
+
+
+def test_streamed_ngc_says_which_default_it_replaced(capsys, tiny_folders, text_file, tmp_path):
+    args = ["compress", str(tiny_folders["llama"]), "--method", "ngc", "--ratio", "0.3", "--stream"]
+    args += ["--calib", str(text_file), "--calib-samples", "2", "--calib-len", "32", "--out", str(tmp_path / "out")]
+    code, _, err = ngc(capsys, *args)
+    assert code == 0, err
+    assert "defaults: alloc: loss -> uniform" in " ".join(err.split())
+    manifest = json.loads((tmp_path / "out" / "ngc.json").read_text())
+    assert manifest["config"]["alloc"] == "uniform" and manifest["config"]["refine"] == "block"

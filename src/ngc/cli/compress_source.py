@@ -123,6 +123,7 @@ def stream_folder(
         return folder, streamable, notes
     if stream:
         raise UsageError(
-            f"--stream cannot be used here: {reason}", hint="drop --stream (the model is then loaded whole)"
+            f"--stream cannot be used here: {reason}",
+            hint="drop --stream (the model is then loaded whole), or choose options that stream (e.g. --alloc uniform)",
         )
     return None, config, []
