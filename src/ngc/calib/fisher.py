@@ -78,7 +78,8 @@ def mean_gradients(model: nn.Module, windows: torch.Tensor, members: Sequence[Me
             p.requires_grad_(False)
         not_differentiable = UsageError(
             "the model's loss cannot be differentiated w.r.t. its linear weights",
-            hint="zs-svd needs the weights in floating point (load the model with --dtype float32)",
+            hint="zs-svd and --alloc zero-sum|loss (ngc's default) need the weights in floating point: load the model "
+            "with --dtype float32, or use --alloc uniform",
         )
         for block in blocks:
             weight = model.get_submodule(block.name).weight
