@@ -97,7 +97,7 @@ def cells_done(out: Path, resume: bool) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device)
     dense = loaded.model.eval()
     text = ppl_text(args.ppl_data)
     calib = calibration_windows(
@@ -205,6 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ppl-len", type=int, default=2048)
     parser.add_argument("--ppl-windows", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: the model, its fits and distillation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", type=Path, required=True)
