@@ -76,7 +76,7 @@ class CompressionConfig:
             )
         from ngc.fit.methods import get_method
 
-        defaults = get_method(self.method).defaults
+        defaults = get_method(self.method).defaults_at(self.ratio)
         for name, fallback in (("refine", "none"), ("sequential_shrink", 0.1), ("whitening", "cholesky")):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, defaults.get(name, fallback))

@@ -42,7 +42,7 @@ def compress_command(
             "total; v2: SVD-LLM V2's per-role ratios from 1/log of each group's output error; zero-sum: ZS-SVD's "
             "global choice of whitened components by their first-order loss change (matrices past break-even stay "
             "dense); loss: the same rule with components ranked by loss change per parameter saved. Default: the "
-            "method's own (ngc: loss when the model is loaded whole, uniform when it is streamed).",
+            "method's own (ngc: loss below R = 0.5 when the model is loaded whole; uniform from R = 0.5 or streamed).",
         ),
     ] = None,
     alloc_floor: Annotated[

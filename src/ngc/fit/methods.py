@@ -38,8 +38,16 @@ class Method:
     fixed_topology: bool
     summary: str
     defaults: Mapping[str, object] = field(default_factory=lambda: {"alloc": "uniform", "sequential": False})
+    # (R, fields): from removed fraction R on, these fields replace ``defaults`` (what was measured best there)
+    from_ratio: tuple[float, Mapping[str, object]] | None = None
     streamed: Mapping[str, object] = field(default_factory=dict)  # defaults replaced when streamed layer by layer
     multi_process: Mapping[str, object] = field(default_factory=dict)  # defaults replaced under torchrun
+
+    def defaults_at(self, ratio: float) -> Mapping[str, object]:
+        """The defaults at removed fraction ``ratio``."""
+        if self.from_ratio is not None and ratio >= self.from_ratio[0]:
+            return {**self.defaults, **self.from_ratio[1]}
+        return self.defaults
 
     @property
     def needs_moments(self) -> bool:
@@ -64,9 +72,11 @@ METHODS: dict[str, Method] = {
             "whiten",
             False,
             "neuronal groups: shared input states per topology",
-            # the best training-free setting measured on SmolLM2 at R = 0.2 to 0.5 (README, docs/defaults.md): intra
-            # groups, ranks by loss change per parameter saved, the sequential update, block-wise refinement
+            # the best training-free setting measured on SmolLM2 at R = 0.2 to 0.4 (README, docs/defaults.md): intra
+            # groups, ranks by loss change per parameter saved, the sequential update, block-wise refinement; from
+            # R = 0.5 the first-order loss scores mislead and uniform ranks are better
             {"alloc": "loss", "sequential": True, "refine": "block"},
+            from_ratio=(0.5, {"alloc": "uniform"}),
             # what the defaults become where they cannot run (ngc.defaults): streamed layer by layer (the loss
             # scores need the whole model) and several processes (block steps run in one)
             streamed={"alloc": "uniform"},

@@ -19,6 +19,14 @@ def test_ngc_defaults_are_the_best_measured_combination():
     assert config.steps == 25
 
 
+def test_from_half_the_weights_removed_ngc_defaults_to_uniform_ranks():
+    assert CompressionConfig(method="ngc", ratio=0.49).alloc == "loss"
+    high = CompressionConfig(method="ngc", ratio=0.5)
+    assert (high.alloc, high.refine, high.sequential) == ("uniform", "block", True)
+    assert CompressionConfig(method="ngc", ratio=0.6, alloc="loss").alloc == "loss"  # a set option is kept
+    assert CompressionConfig(method="zs-svd", ratio=0.6).alloc == "zero-sum"  # the peers keep their recipes
+
+
 def test_streamed_defaults_replace_only_what_the_user_did_not_set():
     config = CompressionConfig(method="ngc", ratio=0.4)
     streamed, notes = adapt_defaults(config, NOTHING_SET, streamed=True)
