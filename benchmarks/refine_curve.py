@@ -6,7 +6,7 @@ model, on the refinement data (default: the calibration corpus's split, all of i
 slice), and is evaluated by perplexity on the test split (SPEC §7). Results go to ``--out`` after every cell
 (``--resume`` skips cells already there); ``--plot`` draws one panel per ratio. Cells run in separate processes
 (each with its own ``--out``) are gathered with ``--merge A.json B.json --out ALL.json``: rows of runs with the
-same calibration, refinement data and dense evaluation, each cell once.
+same calibration, refinement data and dense evaluation, each cell once; ``--replot`` only redraws ``--plot``.
 
     OMP_NUM_THREADS=1 NGC_DATA_DIR=/path/to/data python benchmarks/refine_curve.py \\
         --out benchmarks/results/refine_curve_smollm2.json --plot benchmarks/results/refine_curve_smollm2.png
@@ -211,12 +211,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--plot", type=Path, default=None)
     parser.add_argument("--merge", type=Path, nargs="+", default=None, help="gather these runs' rows into --out")
+    parser.add_argument("--replot", action="store_true", help="only draw --plot from the rows already in --out")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     arguments = parse_args()
-    if arguments.merge:
+    if arguments.replot:
+        plot(json.loads(arguments.out.read_text()), arguments.plot)
+    elif arguments.merge:
         merge(arguments.merge, arguments.out, arguments.plot)
     else:
         run(arguments)
