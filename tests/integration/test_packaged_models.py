@@ -98,5 +98,6 @@ def test_smollm2_compresses_saves_and_reloads_exactly(tmp_path, wikitext_test):
         torch.testing.assert_close(reloaded.model(ids).logits, loaded.model(ids).logits, rtol=0, atol=0)
     ppl = perplexity(reloaded, wikitext_test, window_len=256, max_windows=2)
     # the known value of this setting: NGC at R = 0.3 from 2 x 1024 calibration tokens, 2 test windows of 256 tokens
-    # (the dense model scores 30.94 here; `make demo`'s 67.2 is from 16 x 512 calibration tokens on 8 x 2048)
+    # (the dense model scores 30.94 here; `make demo` with these settings gave 67.2 from 16 x 512 calibration tokens on
+    # 8 x 2048)
     assert ppl.ppl == pytest.approx(241.9, rel=0.01)
