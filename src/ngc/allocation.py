@@ -146,7 +146,7 @@ def allocate_zero_sum(
         shared_units(matrices),
         keep_rank_ratio(config.ratio),
         per_parameter=config.alloc == "loss",
-        floors=floors if config.alloc_floor > 0 else None,
+        floors=floors,
     )
     dense = set(selection.dense)
     kept: list[Group] = []

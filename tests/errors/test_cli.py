@@ -390,6 +390,14 @@ def test_pipeline_options_are_checked_with_the_fix(capsys, tmp_path, tiny_folder
     assert not (tmp_path / "out").exists()
 
 
+def test_an_allocation_floor_outside_zero_to_one_is_refused_before_any_work(capsys, tiny_folders, tmp_path):
+    args = ["compress", str(tiny_folders["llama"]), "--method", "ngc", "--alloc-floor", "1.5"]
+    code, _, err = ngc(capsys, *args, "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert_clean_error(err, "allocation floor 1.5 is outside [0, 1]", "--alloc-floor 0.5")
+    assert not (tmp_path / "out").exists()
+
+
 def test_stream_with_a_gradient_allocation_names_both_fixes(capsys, tiny_folders, text_file, tmp_path):
     args = ["compress", str(tiny_folders["llama"]), "--method", "ngc", "--alloc", "loss", "--stream"]
     code, _, err = ngc(capsys, *args, "--calib", str(text_file), "--out", str(tmp_path / "out"))

@@ -190,3 +190,13 @@ def test_ngc_groups_take_the_zero_sum_allocation_and_block_refinement(topology, 
     for report in result.groups:
         if len(report.members) > 1:
             assert report.rank == result.allocation["shared_ranks"][report.id]
+
+
+def test_a_loss_that_cannot_be_differentiated_names_the_fixes():
+    model = build_tiny_model("llama")
+    q = decoder_layers(model)[0].self_attn.q_proj
+    q.weight = torch.nn.Parameter(q.weight.detach().round().to(torch.int8), requires_grad=False)
+    members = find_members(model, ("q",))
+    with pytest.raises(UsageError, match="cannot be differentiated") as info:
+        mean_gradients(model, calibration().tokens, members)
+    assert "--dtype float32" in info.value.hint and "--alloc uniform" in info.value.hint
