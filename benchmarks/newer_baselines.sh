@@ -6,7 +6,7 @@
 # benchmarks/newer_baselines_table.py gathers them into newer_baselines_smollm2.json.
 # Usage: NGC_DATA_DIR=/path/to/data benchmarks/newer_baselines.sh METHOD[~TOPOLOGY][+REFINE][:ALLOC][#OPT=V,...]@RATIO
 #   e.g. aa-svd@0.4 svd-llm-v2@0.2 ngc+block@0.4 ngc~per-matrix+block:zero-sum#refine-lr=3e-3@0.2
-#   (~TOPOLOGY: --topology TOPOLOGY; +REFINE: --refine REFINE; :ALLOC: --alloc ALLOC; #OPT=V: --OPT V)
+#   (~TOPOLOGY: --topology TOPOLOGY; +REFINE: --refine REFINE; :ALLOC: --alloc ALLOC; #OPT=V: --OPT V; #FLAG: --FLAG)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NGC=${NGC:-.venv/bin/ngc}
@@ -17,7 +17,9 @@ for cell in "$@"; do
   extra=()
   if [[ "$head" == *#* ]]; then
     IFS=, read -ra opts <<< "${head#*#}"; head=${head%%#*}
-    for opt in "${opts[@]}"; do extra+=("--${opt%%=*}" "${opt#*=}"); done
+    for opt in "${opts[@]}"; do
+      if [[ "$opt" == *=* ]]; then extra+=("--${opt%%=*}" "${opt#*=}"); else extra+=("--${opt}"); fi
+    done
   fi
   alloc=(); [[ "$head" == *:* ]] && alloc=(--alloc "${head#*:}") && head=${head%%:*}
   refine=(); [[ "$head" == *+* ]] && refine=(--refine "${head#*+}") && head=${head%%+*}

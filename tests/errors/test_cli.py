@@ -398,6 +398,23 @@ def test_an_allocation_floor_outside_zero_to_one_is_refused_before_any_work(caps
     assert not (tmp_path / "out").exists()
 
 
+def test_a_negative_sequential_shrink_is_refused_before_any_work(capsys, tiny_folders, tmp_path):
+    args = ["compress", str(tiny_folders["llama"]), "--method", "ngc", "--sequential-shrink", "-0.5"]
+    code, _, err = ngc(capsys, *args, "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert_clean_error(err, "sequential shrink -0.5 is negative", "--sequential-shrink 0.1")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_sequential_shrink_reaches_the_saved_config(capsys, tiny_folders, text_file, tmp_path):
+    args = ["compress", str(tiny_folders["llama"]), "--method", "ngc", "--ratio", "0.3", "--sequential-shrink", "2"]
+    args += ["--alloc", "uniform", "--refine", "none", "--calib", str(text_file), "--calib-samples", "2"]
+    code, _, err = ngc(capsys, *args, "--calib-len", "32", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "ngc.json").read_text())
+    assert manifest["config"]["sequential_shrink"] == 2.0
+
+
 def test_stream_with_a_gradient_allocation_names_both_fixes(capsys, tiny_folders, text_file, tmp_path):
     args = ["compress", str(tiny_folders["llama"]), "--method", "ngc", "--alloc", "loss", "--stream"]
     code, _, err = ngc(capsys, *args, "--calib", str(text_file), "--out", str(tmp_path / "out"))

@@ -62,6 +62,16 @@ def compress_command(
             show_default=False,
         ),
     ] = None,
+    sequential_shrink: Annotated[
+        float | None,
+        typer.Option(
+            metavar="LAMBDA",
+            help="Ridge of the sequential update, as a fraction of the mean input variance: 0 fits the compressed "
+            "layer's inputs exactly to the dense outputs (aa-svd's anchored target), larger values pull the update "
+            "toward the dense weights (less fitted to the calibration text). Default: the method's own (0.1; aa-svd 0).",
+            show_default=False,
+        ),
+    ] = None,
     exact: Annotated[
         bool,
         typer.Option(
@@ -242,6 +252,7 @@ def compress_command(
         alloc=alloc,
         alloc_floor=alloc_floor,
         sequential=sequential,
+        sequential_shrink=sequential_shrink,
         exact=exact,
         refine=refine,
         refine_steps=refine_steps,
