@@ -95,7 +95,8 @@ class CompressionConfig:
         if self.sequential_shrink < 0:
             raise UsageError(
                 f"sequential shrink {self.sequential_shrink} is negative",
-                hint="it is a ridge as a fraction of the mean input variance: 0 (exact) or more, e.g. --sequential-shrink 0.1",
+                hint="it is a ridge as a fraction of the mean input variance: 0 (exact) or more, "
+                "e.g. --sequential-shrink 0.1",
             )
         if self.rank_multiple < 1:
             raise UsageError(f"rank multiple {self.rank_multiple} must be at least 1", hint="e.g. --rank-multiple 64")

@@ -68,7 +68,8 @@ def compress_command(
             metavar="LAMBDA",
             help="Ridge of the sequential update, as a fraction of the mean input variance: 0 fits the compressed "
             "layer's inputs exactly to the dense outputs (aa-svd's anchored target), larger values pull the update "
-            "toward the dense weights (less fitted to the calibration text). Default: the method's own (0.1; aa-svd 0).",
+            "toward the dense weights (less fitted to the calibration text). "
+            "Default: the method's own (0.1; aa-svd 0).",
             show_default=False,
         ),
     ] = None,
