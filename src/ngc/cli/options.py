@@ -52,6 +52,7 @@ def claim_output(out: Path) -> None:
         raise RuntimeError("claim_output called outside a command decorated with releases_claims")
     stack.enter_context(output_lock(out))
 
+
 def input_paths(*names: str | Path) -> list[Path]:
     """The given model names that are local files or folders: outputs must never replace these."""
     return [Path(name).expanduser() for name in names if Path(name).expanduser().exists()]

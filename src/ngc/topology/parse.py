@@ -84,9 +84,7 @@ def _refuse_idle_rule(rule: str, roles: set[str], layers: Layers | None, members
     raise UsageError(f"topology rule {rule.strip()!r} matches nothing: {reason}", hint=hint)
 
 
-def apply_rules(
-    rules: str, members: Sequence[Member], n_layers: int | None = None
-) -> tuple[list[Group], list[Member]]:
+def apply_rules(rules: str, members: Sequence[Member], n_layers: int | None = None) -> tuple[list[Group], list[Member]]:
     """Groups from ``rules``, and the members no rule matched. A rule that matches nothing is an error.
 
     ``n_layers`` is the model's layer count (default: one past the highest layer among ``members``).

@@ -181,4 +181,3 @@ def test_a_near_singular_covariance_with_healthy_pivots_still_falls_back():
     assert transform.factorisation == "eigh"
     assert transform.condition < 1e-15
     assert transform.floored >= 1
-
