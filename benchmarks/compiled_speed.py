@@ -112,7 +112,9 @@ def main() -> None:
     for ratio in (float(r) for r in args.ratios.split(",")):
         model = copy.deepcopy(loaded.model)
         compressed = compress(
-            model, CompressionConfig(method="ngc", ratio=ratio, alloc="uniform", refine="none"), stats
+            model,
+            CompressionConfig(method="ngc", ratio=ratio, alloc="uniform", refine="none", sequential_shrink=0.1),
+            stats,
         )
         for mode in modes:
             compiled = mode == "compiled"

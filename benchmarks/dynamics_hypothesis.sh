@@ -10,7 +10,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 ITEMS=${1:-200}
 CKPT=${CKPT:-${NGC_CACHE_DIR:-$HOME/.cache/ngc}/checkpoints/smollm2-ngc-r03}
 OUT=benchmarks/results/hypothesis_arc_easy
-[ -f "$CKPT/ngc.json" ] || $NGC compress smollm2-135m --method ngc --ratio 0.3 --alloc uniform --refine none --out "$CKPT"
+[ -f "$CKPT/ngc.json" ] || $NGC compress smollm2-135m --method ngc --ratio 0.3 --alloc uniform --refine none --sequential-shrink 0.1 --out "$CKPT"
 COMMON=(--task arc_easy --sequences "$ITEMS" --probes 2 --lanczos 0 --force)
 $NGC dynamics smollm2-135m "${COMMON[@]}" --out "$OUT/dense"
 $NGC dynamics "$CKPT" --reference smollm2-135m "${COMMON[@]}" --out "$OUT/ngc-r03"

@@ -14,7 +14,7 @@ for part in "${@:-main peers ngc}"; do
   for group in $part; do
     case $group in
       main) run --out benchmarks/results/gemma3_main.json --cell "svd-llm=method=svd-llm" \
-              --cell "basis-sharing=method=basis-sharing" --cell "ngc=method=ngc,alloc=uniform,refine=none" ;;
+              --cell "basis-sharing=method=basis-sharing" --cell "ngc=method=ngc,alloc=uniform,refine=none,sequential_shrink=0.1" ;;
       peers) run --out benchmarks/results/gemma3_peers.json --cell "zs-svd=method=zs-svd" --cell "aa-svd=method=aa-svd" ;;
       ngc) run --out benchmarks/results/gemma3_ngc.json --cell "ngc=method=ngc" ;;
       *) echo "unknown group $group (main, peers, ngc)" >&2; exit 2 ;;

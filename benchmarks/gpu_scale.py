@@ -15,7 +15,7 @@ Usage:
         [--out benchmarks/results/gpu_scale.json] [--calib-samples 256] [--calib-len 2048] [--dtype float32]
 
 Each compression is a fresh process running ``ngc compress FOLDER --method ngc --ratio 0.3 --alloc uniform --refine none
---device cuda``;
+--sequential-shrink 0.1 --device cuda``;
 that process reports ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` at its exit, and this script
 samples the device's used memory with ``nvidia-smi`` (which includes the CUDA context). The compressed
 checkpoint is written in bf16 to a scratch folder beside the models, sized, and removed unless ``--keep``.
@@ -120,7 +120,7 @@ def measure(target: str, folder: Path, args: argparse.Namespace, scratch: Path) 
     out, report, peak_file, log = (scratch / f"{facts.name}{suffix}" for suffix in ("", ".json", ".peak.json", ".log"))
     ngc_args = [
         "compress", str(folder), "--method", "ngc", "--ratio", str(args.ratio),
-        "--alloc", "uniform", "--refine", "none",
+        "--alloc", "uniform", "--refine", "none", "--sequential-shrink", "0.1",
         "--calib-samples", str(args.calib_samples), "--calib-len", str(args.calib_len),
         "--dtype", args.dtype, "--save-dtype", "bfloat16", "--device", "cuda", "--calib-batch", str(args.calib_batch),
         "--out", str(out), "--force", "--json", str(report),

@@ -124,7 +124,9 @@ def main() -> None:
     tokens, corpus = evaluation_tokens(loaded, args.ppl_len, args.ppl_windows)
     float_model = copy.deepcopy(dense)
     compressed = compress(
-        float_model, CompressionConfig(method="ngc", ratio=args.ratio, alloc="uniform", refine="none"), calib
+        float_model,
+        CompressionConfig(method="ngc", ratio=args.ratio, alloc="uniform", refine="none", sequential_shrink=0.1),
+        calib,
     )
     int8_model = copy.deepcopy(float_model)  # with its own copy of the compression record
     quantize_factors(int8_model)

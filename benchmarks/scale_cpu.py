@@ -3,7 +3,7 @@
 Each model is a random-weight Llama-shaped folder of sharded bf16 safetensors (``benchmarks/random_model.py``),
 compressed in a fresh process with
 
-    ngc compress FOLDER --method ngc --ratio R --alloc uniform --refine none \\
+    ngc compress FOLDER --method ngc --ratio R --alloc uniform --refine none --sequential-shrink 0.1 \\
         --calib-samples N --calib-len L --out OUT --force --json OUT.json
 
 whose wall time and peak RSS (``os.wait4``) are recorded with the CLI's own timings. Rows are merged into
@@ -145,6 +145,7 @@ def compress_command(folder: Path, out: Path, report: Path, args: argparse.Names
     command = [
         sys.executable, "-m", "ngc", "compress", str(folder),
         "--method", "ngc", "--ratio", str(args.ratio), "--alloc", "uniform", "--refine", "none",
+        "--sequential-shrink", "0.1",
         "--calib-samples", str(args.calib_samples), "--calib-len", str(args.calib_len),
         "--dtype", args.dtype, "--out", str(out), "--force", "--json", str(report),
     ]  # fmt: skip

@@ -86,7 +86,9 @@ def test_smollm2_compresses_saves_and_reloads_exactly(tmp_path, wikitext_test):
     base = base_identity(loaded.model, "smollm2-135m")
     calibration = calibration_windows(loaded.tokenizer, "wikitext2", n_windows=2, window_len=1024, seed=0)
     # uniform ranks without refinement: the setting whose known perplexity is checked below
-    config = CompressionConfig(method="ngc", topology="intra", ratio=0.3, alloc="uniform", refine="none")
+    config = CompressionConfig(
+        method="ngc", topology="intra", ratio=0.3, alloc="uniform", refine="none", sequential_shrink=0.1
+    )
     result = compress(loaded.model, config, calibration)
     assert 0.3 <= result.accounting.ratio_removed < 0.301
     folder = save_checkpoint(loaded.model, loaded.tokenizer, tmp_path / "ckpt", result, base)

@@ -20,7 +20,7 @@ from ngc.settings import data_dir
 pytestmark = pytest.mark.slow
 
 # one configuration every path can run: ngc with its streamed, multi-process defaults
-CONFIG = CompressionConfig(method="ngc", ratio=0.3, alloc="uniform", refine="none")
+CONFIG = CompressionConfig(method="ngc", ratio=0.3, alloc="uniform", refine="none", sequential_shrink=0.1)
 
 
 @pytest.fixture(scope="module")
