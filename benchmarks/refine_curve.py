@@ -53,13 +53,42 @@ def evaluate(loaded: LoadedModel, model: torch.nn.Module, text, args: argparse.N
     return {"ppl": result.ppl, "tokens": result.tokens, "windows": result.windows, "window_len": result.window_len}
 
 
-def cell_fields(label: str) -> dict[str, str]:
-    """``METHOD[~TOPOLOGY][+REFINE][:ALLOC]`` (the grammar of newer_baselines.sh) -> CompressionConfig fields.
+def option_fields(options: str) -> dict[str, Any]:
+    """``OPT=V;FLAG;no-FLAG`` (command-line option names; ``,`` also separates them outside ``--methods``) ->
+    CompressionConfig fields of their declared types."""
+    types = {f.name: f.type for f in dataclasses.fields(CompressionConfig)}
+    fields: dict[str, Any] = {}
+    for option in options.replace(";", ",").split(","):
+        name, _, value = option.partition("=")
+        negated = not value and name.startswith("no-")
+        key = (name[3:] if negated else name).replace("-", "_")
+        if key not in types:
+            raise SystemExit(f"unknown option {name!r} in a cell label (CompressionConfig has no field {key!r})")
+        kind = str(types[key])
+        if not value:
+            fields[key] = not negated
+        elif kind.startswith("float"):
+            fields[key] = float(value)
+        elif kind.startswith("int"):
+            fields[key] = int(value)
+        else:
+            fields[key] = value
+    return fields
+
+
+def cell_fields(label: str) -> dict[str, Any]:
+    """``METHOD[~TOPOLOGY][+REFINE][:ALLOC][#OPT=V,...]`` (the grammar of newer_baselines.sh) -> CompressionConfig
+    fields.
 
     ``+REFINE`` is the closed form's own refinement (``block``: AA-SVD's recipe); distillation follows it.
+    ``#OPT=V`` sets any other field by its option name (``#sequential-shrink=1``, ``#no-sequential``; several
+    options inside ``--methods`` are separated by ``;``, as its cells are by ``,``).
     """
-    fields: dict[str, str] = {}
+    fields: dict[str, Any] = {}
     head = label
+    if "#" in head:
+        head, options = head.split("#", 1)
+        fields |= option_fields(options)
     if ":" in head:
         head, fields["alloc"] = head.split(":", 1)
     if "+" in head:

@@ -37,6 +37,23 @@ def test_refine_curve_writes_every_cell_resumes_and_plots(tmp_path, tiny_folders
     assert plot.stat().st_size > 0
 
 
+def test_refine_curve_cell_labels_set_any_option_with_its_type():
+    curve = load_script("refine_curve")
+    fields = curve.cell_fields("ngc~intra+block:loss#sequential-shrink=1;no-sequential;rank-multiple=8")
+    assert fields == {
+        "method": "ngc",
+        "topology": "intra",
+        "refine": "block",
+        "alloc": "loss",
+        "sequential_shrink": 1.0,
+        "sequential": False,
+        "rank_multiple": 8,
+    }
+    assert curve.closed_form_config("ngc+block:loss#sequential-shrink=1", 0.2).sequential_shrink == 1.0
+    with pytest.raises(SystemExit, match="unknown option 'shrink'"):
+        curve.cell_fields("ngc#shrink=1")
+
+
 def test_refine_curve_merges_runs_of_one_protocol_and_refuses_others(tmp_path, tiny_folders, text_file):
     curve = load_script("refine_curve")
     common = ["--model", str(tiny_folders["llama"]), "--calib", str(text_file), "--ppl-data", str(text_file)]
