@@ -5,7 +5,7 @@
 # compress/eval JSON and wall times go to benchmarks/results/newer_baselines_smollm2/;
 # benchmarks/newer_baselines_table.py gathers them into newer_baselines_smollm2.json.
 # Usage: NGC_DATA_DIR=/path/to/data benchmarks/newer_baselines.sh METHOD[~TOPOLOGY][+REFINE][:ALLOC][#OPT=V,...]@RATIO
-#   e.g. aa-svd@0.4 svd-llm-v2@0.2 ngc+block@0.4 ngc~per-matrix+block:zero-sum#refine-lr=3e-3@0.2
+#   e.g. aa-svd@0.4 svd-llm-v2@0.2 ngc+block:uniform@0.4 ngc~per-matrix+block:zero-sum#refine-lr=3e-3@0.2
 #   (~TOPOLOGY: --topology TOPOLOGY; +REFINE: --refine REFINE; :ALLOC: --alloc ALLOC; #OPT=V: --OPT V; #FLAG: --FLAG)
 set -euo pipefail
 cd "$(dirname "$0")/.."
