@@ -314,6 +314,10 @@ def compress_command(
             batch_size=calib_batch,
             precision=stats_precision,
             hidden_on=hidden_on,
-            given=frozenset(name for name, value in (("alloc", alloc), ("refine", refine)) if value is not None),
+            given=frozenset(
+                name
+                for name, value in (("alloc", alloc), ("refine", refine), ("sequential_shrink", sequential_shrink))
+                if value is not None
+            ),
         )
     )

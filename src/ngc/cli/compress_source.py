@@ -60,7 +60,8 @@ def adapt_defaults(
         return config, []
     why = "streamed layer by layer" if streamed else f"{processes} processes"
     notes = [
-        f"{name}: {getattr(config, name)} -> {value} ({why}; set --{name} to choose)" for name, value in changes.items()
+        f"{name}: {getattr(config, name)} -> {value} ({why}; set --{name.replace('_', '-')} to choose)"
+        for name, value in changes.items()
     ]
     return dataclasses.replace(config, **changes), notes
 

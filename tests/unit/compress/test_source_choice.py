@@ -90,3 +90,17 @@ def test_whole_model_bytes_counts_every_parameter_in_the_dtype(tiny_folders):
 def _choose(folder, stream, given=NOTHING_SET):
     config = CompressionConfig(method="ngc")
     return stream_folder(str(folder), config, given, stream, dtype=torch.float32, device="cpu", cache=None)
+
+
+def test_a_replaced_default_names_its_option_as_typed(monkeypatch):
+    import dataclasses
+
+    from ngc.fit import methods
+
+    ngc = methods.get_method("ngc")
+    ridge = dataclasses.replace(ngc, streamed={"sequential_shrink": 0.5})
+    monkeypatch.setattr(methods, "get_method", lambda name: ridge if name == "ngc" else ngc)
+    config = CompressionConfig(method="ngc", ratio=0.3)
+    streamed, notes = adapt_defaults(config, NOTHING_SET, streamed=True)
+    assert streamed.sequential_shrink == 0.5 and "--sequential-shrink" in notes[0]
+    assert adapt_defaults(config, frozenset({"sequential_shrink"}), streamed=True) == (config, [])
