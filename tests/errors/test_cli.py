@@ -390,19 +390,20 @@ def test_pipeline_options_are_checked_with_the_fix(capsys, tmp_path, tiny_folder
     assert not (tmp_path / "out").exists()
 
 
-def test_an_allocation_floor_outside_zero_to_one_is_refused_before_any_work(capsys, tiny_folders, tmp_path):
-    args = ["compress", str(tiny_folders["llama"]), "--method", "ngc", "--alloc-floor", "1.5"]
+@pytest.mark.parametrize(
+    ("option", "value", "problem", "fix"),
+    [
+        ("--alloc-floor", "1.5", "allocation floor 1.5 is outside [0, 1]", "--alloc-floor 0.5"),
+        ("--sequential-shrink", "-0.5", "sequential shrink -0.5 is negative", "--sequential-shrink 0.1"),
+    ],
+)
+def test_an_out_of_range_fit_option_is_refused_before_any_work(
+    capsys, tiny_folders, tmp_path, option, value, problem, fix
+):
+    args = ["compress", str(tiny_folders["llama"]), "--method", "ngc", option, value]
     code, _, err = ngc(capsys, *args, "--out", str(tmp_path / "out"))
     assert code == 2
-    assert_clean_error(err, "allocation floor 1.5 is outside [0, 1]", "--alloc-floor 0.5")
-    assert not (tmp_path / "out").exists()
-
-
-def test_a_negative_sequential_shrink_is_refused_before_any_work(capsys, tiny_folders, tmp_path):
-    args = ["compress", str(tiny_folders["llama"]), "--method", "ngc", "--sequential-shrink", "-0.5"]
-    code, _, err = ngc(capsys, *args, "--out", str(tmp_path / "out"))
-    assert code == 2
-    assert_clean_error(err, "sequential shrink -0.5 is negative", "--sequential-shrink 0.1")
+    assert_clean_error(err, problem, fix)
     assert not (tmp_path / "out").exists()
 
 
