@@ -30,9 +30,10 @@ from ngc.fit.allocate import uniform_rank, v2_ranks
 from ngc.fit.closed_form import spectrum
 from ngc.fit.methods import Method, group_transform
 from ngc.fit.whiten import Transform
-from ngc.fit.zero_sum import candidates, component_scores, keep_rank_ratio, zero_sum_select
+from ngc.fit.zero_sum import Selection, candidates, component_scores, keep_rank_ratio, zero_sum_select
 from ngc.pipeline.fitting import member_weight
 from ngc.progress import progress
+from ngc.topology.blocks import Member
 from ngc.topology.groups import Group
 
 
@@ -114,22 +115,33 @@ def regroup(group: Group, ranks: Mapping[str, int], dense: set[str]) -> tuple[Gr
     return kept, max(1, stored // (kept.m_total + kept.n))
 
 
-def allocate_zero_sum(
+@dataclass(frozen=True)
+class MatrixSelection:
+    """The zero-sum / loss selection over single matrices, before any group shares a basis again."""
+
+    selection: Selection
+    rule: str  # "zero-sum" or "loss"
+    target_saved: int  # parameters the ratio asks to remove
+    gradient_seconds: float
+
+    def place(self, group: Group) -> tuple[Group, int] | None:
+        """``group``'s members that stay factorised, as one group, and its rank (:func:`regroup`)."""
+        return regroup(group, self.selection.ranks, set(self.selection.dense))
+
+
+def select_matrices(
     model: nn.Module,
     method: Method,
-    groups: Sequence[Group],
+    members: Sequence[Member],
     moments: Mapping[str, InputMoments],
     windows: torch.Tensor,
     config: CompressionConfig,
-) -> Allocation:
-    """ZS-SVD's global selection over every matrix, then each group's survivors share a basis (module docstring).
-
-    Matrices that share a module (the parts of a fused module, e.g. GPT-2's ``c_attn``) stay dense together or
-    not at all: the break-even rule applies to them as one unit. Matrices past break-even leave the topology.
-    """
-    matrices = [Group((m,)) for g in groups for m in g.members]
+) -> MatrixSelection:
+    """ZS-SVD's global selection over every matrix in ``members`` (module docstring); matrices that share a
+    module (the parts of a fused module, e.g. GPT-2's ``c_attn``) stay dense together or not at all."""
+    matrices = [Group((m,)) for m in members]
     start = time.perf_counter()
-    gradients = mean_gradients(model, windows, [g.members[0] for g in matrices])
+    gradients = mean_gradients(model, windows, members)
     seconds = time.perf_counter() - start
     offered = {}
     for matrix in progress(matrices, desc="allocation (component scores)", unit="matrix"):
@@ -138,7 +150,7 @@ def allocate_zero_sum(
             [member_weight(model, member)], [gradients[member.id]], _transform(method, matrix, moments, config)
         )
         offered[matrix.id] = candidates(scores, member.m + member.n, member.m * member.n)
-    target = round(config.ratio * sum(g.dense_params for g in groups))
+    target = round(config.ratio * sum(m.m * m.n for m in members))
     floors = {g.id: math.ceil(config.alloc_floor * uniform_rank(g, config.ratio)) for g in matrices}
     selection = zero_sum_select(
         offered,
@@ -148,30 +160,49 @@ def allocate_zero_sum(
         per_parameter=config.alloc == "loss",
         floors=floors,
     )
+    return MatrixSelection(selection, config.alloc, target, seconds)
+
+
+def regroup_selection(groups: Sequence[Group], selected: MatrixSelection) -> Allocation:
+    """Each group's surviving members share one basis again; matrices past break-even leave the topology."""
+    selection = selected.selection
     dense = set(selection.dense)
     kept: list[Group] = []
     ranks: dict[str, int] = {}
     shared: dict[str, int] = {}
     for group in groups:
-        regrouped = regroup(group, selection.ranks, dense)
-        if regrouped is not None:
-            kept.append(regrouped[0])
-            ranks[regrouped[0].id] = regrouped[1]
-            if len(regrouped[0].members) > 1:
-                shared[regrouped[0].id] = regrouped[1]
+        placed = selected.place(group)
+        if placed is not None:
+            kept.append(placed[0])
+            ranks[placed[0].id] = placed[1]
+            if len(placed[0].members) > 1:
+                shared[placed[0].id] = placed[1]
     report = {
-        "rule": config.alloc,
+        "rule": selected.rule,
         "dense": sorted(dense),
-        "matrix_ranks": {gid: selection.ranks[gid] for gid in offered if gid not in dense},
+        "matrix_ranks": {gid: rank for gid, rank in selection.ranks.items() if gid not in dense},
         "shared_ranks": shared,
         "predicted_loss_change": selection.predicted,
-        "target_saved": target,
+        "target_saved": selected.target_saved,
         "selected_saved": selection.saved,
     }
     warnings = []
     if dense:
         warnings.append(
-            f"{config.alloc} allocation: {len(dense)} matri(ces) past their break-even rank stay dense: "
+            f"{selected.rule} allocation: {len(dense)} matri(ces) past their break-even rank stay dense: "
             f"{', '.join(sorted(dense)[:6])}{' ...' if len(dense) > 6 else ''}"
         )
-    return Allocation(tuple(kept), ranks, report, warnings, seconds)
+    return Allocation(tuple(kept), ranks, report, warnings, selected.gradient_seconds)
+
+
+def allocate_zero_sum(
+    model: nn.Module,
+    method: Method,
+    groups: Sequence[Group],
+    moments: Mapping[str, InputMoments],
+    windows: torch.Tensor,
+    config: CompressionConfig,
+) -> Allocation:
+    """ZS-SVD's global selection over every matrix, then each group's survivors share a basis (module docstring)."""
+    members = [m for g in groups for m in g.members]
+    return regroup_selection(groups, select_matrices(model, method, members, moments, windows, config))

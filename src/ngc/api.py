@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ngc.accounting import Accounting, account
-from ngc.allocation import allocate_v2, allocate_zero_sum
+from ngc.allocation import Allocation, allocate_v2, allocate_zero_sum, regroup_selection, select_matrices
 from ngc.calib.collect import CalibrationStats
 from ngc.calib.fisher import fisher_information
 from ngc.calib.moments import InputMoments
@@ -352,28 +352,32 @@ def _auto_structure(model, method, members, groups, ranks, stats, fisher, config
         start = time.perf_counter()
         stats = collect_statistics(model, calibration, config.roles)
         result.calibration_seconds += time.perf_counter() - start
-    if auto_topology:
+    tokens = _windows(calibration)
+    if auto_topology and config.alloc in GRADIENT_ALLOCATIONS:
+        # the selection over single matrices does not depend on the groups: select first, then every unit takes
+        # the structure whose shared fits at the selected ranks lose least
+        assert stats is not None and tokens is not None
+        start = time.perf_counter()
+        selected = select_matrices(model, method, members, stats.moments, tokens, config)
+        chosen, result.decisions = choose_topology(model, method, members, stats.moments, config, selected.place)
+        groups, ranks = _take_allocation(result, regroup_selection(chosen, selected), config, start)
+    elif auto_topology:
         assert stats is not None
         start = time.perf_counter()
         groups, result.decisions = choose_topology(model, method, members, stats.moments, config)
         ranks = round_ranks({group.id: uniform_rank(group, config.ratio) for group in groups}, config.rank_multiple)
         result.topology, result.ranks = groups, ranks
         result.fit_seconds += time.perf_counter() - start
-    if config.alloc in ("v2", *GRADIENT_ALLOCATIONS):
+    if config.alloc == "v2" or (config.alloc in GRADIENT_ALLOCATIONS and not auto_topology):
         assert stats is not None
         start = time.perf_counter()
         if config.alloc == "v2":
             allocation = allocate_v2(model, method, groups, stats.moments, config)
         else:
-            tokens = _windows(calibration)
             assert tokens is not None
             allocation = allocate_zero_sum(model, method, groups, stats.moments, tokens, config)
-        groups, ranks = allocation.groups, round_ranks(allocation.ranks, config.rank_multiple)
-        result.topology, result.ranks, result.allocation = groups, ranks, allocation.report
-        result.warnings += allocation.warnings
-        result.calibration_seconds += allocation.gradient_seconds
-        result.fit_seconds += time.perf_counter() - start - allocation.gradient_seconds
-    elif config.alloc != "uniform":
+        groups, ranks = _take_allocation(result, allocation, config, start)
+    elif config.alloc not in ("uniform", *GRADIENT_ALLOCATIONS):
         start = time.perf_counter()
         ranks = round_ranks(
             allocate_auto(model, method, groups, stats.moments if stats else {}, fisher, config), config.rank_multiple
@@ -381,6 +385,18 @@ def _auto_structure(model, method, members, groups, ranks, stats, fisher, config
         result.ranks = ranks
         result.fit_seconds += time.perf_counter() - start
     return groups, ranks, stats
+
+
+def _take_allocation(
+    result: CompressionResult, allocation: Allocation, config: CompressionConfig, start: float
+) -> tuple[tuple[Group, ...], dict[str, int]]:
+    """The allocation's groups and (rounded) ranks, recorded in ``result`` with its report and timings."""
+    groups, ranks = allocation.groups, round_ranks(allocation.ranks, config.rank_multiple)
+    result.topology, result.ranks, result.allocation = groups, ranks, allocation.report
+    result.warnings += allocation.warnings
+    result.calibration_seconds += allocation.gradient_seconds
+    result.fit_seconds += time.perf_counter() - start - allocation.gradient_seconds
+    return groups, ranks
 
 
 def _report(model, result, groups, ranks, fitter) -> None:
@@ -429,16 +445,26 @@ def choose_topology(
     members: Sequence[Member],
     moments: dict[str, InputMoments],
     config: CompressionConfig,
+    place: Callable[[Group], tuple[Group, int] | None] | None = None,
 ) -> tuple[tuple[Group, ...], dict[str, str]]:
-    """``auto``: per unit, the candidate structure whose closed-form fit gives the least output error."""
+    """``auto``: per unit, the candidate structure whose closed-form fit gives the least output error.
+
+    ``place`` gives a candidate group's members that are factorised and their rank (``None``: all stay dense, no
+    error); by default all of them, at the uniform rank. Every candidate of a unit stores about the same."""
+
+    def uniform(group: Group) -> tuple[Group, int]:
+        return group, max(uniform_rank(group, config.ratio), 1)
+
+    place = place or uniform
     weights = {m: member_weight(model, m).detach().to(dtype=torch.float64) for m in members}
 
     def score(groups: tuple[Group, ...]) -> float:
         total = 0.0
-        for group in groups:
+        for placed in filter(None, map(place, groups)):
+            group, rank = placed
             transform = group_transform(method, group, moments, None, config.asvd_alpha, config.whitening)
             targets = [weights[m] for m in group.members]
-            fit = fit_group(targets, max(uniform_rank(group, config.ratio), 1), transform)
+            fit = fit_group(targets, rank, transform)
             total += exact_loss(targets, fit.A, fit.B, [moments[m.input_key].second for m in group.members])
         return total
 

@@ -47,7 +47,7 @@ class CompressionConfig:
     # (zero-sum, loss: each matrix's) uniform rank
     sequential: bool | None = None  # fit on inputs from the compressed prefix (SPEC §4); None = method default
     sequential_shrink: float | None = None  # ridge λ of the sequential target / mean diag C̃ (0 = exact); None =
-    # the method's default (0.1; aa-svd: 0, its anchored objective)
+    # the method's default (0.1; ngc: 1 below R = 0.5; aa-svd: 0, its anchored objective)
     exact: bool = False  # refine groups whose members read different inputs by alternating solves (SPEC §4)
     refine: str | None = None  # SPEC §5: "none", "local" (per-group output MSE), "block" (each decoder layer's
     # output MSE), "distill" (KL to the dense model); None = the method's default (aa-svd: block, else none)

@@ -20,6 +20,7 @@ from ngc.fit.whiten import NumericalError
 from ngc.models.tiny import build_tiny_model, tiny_families
 from ngc.modules.factorized import FactorizedLinear
 from ngc.modules.swap import densify
+from ngc.topology.groups import Group
 
 
 def calibration(n_windows: int = 4, window_len: int = 48, seed: int = 0) -> CalibrationWindows:
@@ -286,6 +287,22 @@ def test_auto_topology_picks_a_structure_per_unit_and_fits_it():
     assert set(result.decisions.values()) <= {"per-matrix", "intra", "cross-2", "intra-cross-2"}
     assert 0.4 <= result.accounting.ratio_removed < 0.45
     assert {g.id for g in result.groups} == {g.id for g in result.topology}
+
+
+def test_auto_topology_under_the_loss_rule_shares_bases_at_the_selected_matrix_ranks():
+    calib = calibration(window_len=64)
+    fields = {"method": "ngc", "ratio": 0.3, "alloc": "loss", "refine": "none", "sequential": False}
+    alone = compress(build_tiny_model("llama"), CompressionConfig(topology="per-matrix", **fields), calib)
+    auto = compress(build_tiny_model("llama"), CompressionConfig(topology="auto", **fields), calib)
+    # the selection over single matrices is the same whatever the structure; only the sharing differs
+    assert auto.allocation["matrix_ranks"] == alone.allocation["matrix_ranks"]
+    assert auto.allocation["dense"] == alone.allocation["dense"]
+    assert set(auto.decisions) == {"L0-1:q+k+v", "L0-1:o", "L0-1:gate+up", "L0-1:down"}
+    matrix_ranks = auto.allocation["matrix_ranks"]
+    for group in auto.topology:
+        stored = sum(matrix_ranks[Group((m,)).id] * (m.m + m.n) for m in group.members)
+        assert auto.ranks[group.id] == max(1, stored // (group.m_total + group.n))
+    assert auto.accounting.model_params_kept <= alone.accounting.model_params_kept
 
 
 @pytest.mark.parametrize(

@@ -15,14 +15,15 @@ NOTHING_SET: frozenset[str] = frozenset()
 
 def test_ngc_defaults_are_the_best_measured_combination():
     config = CompressionConfig(method="ngc")
-    assert (config.alloc, config.refine, config.sequential, config.sequential_shrink) == ("loss", "block", True, 0.1)
+    assert (config.alloc, config.refine, config.sequential, config.sequential_shrink) == ("loss", "block", True, 1.0)
     assert config.steps == 25
 
 
 def test_from_half_the_weights_removed_ngc_defaults_to_uniform_ranks():
     assert CompressionConfig(method="ngc", ratio=0.49).alloc == "loss"
     high = CompressionConfig(method="ngc", ratio=0.5)
-    assert (high.alloc, high.refine, high.sequential) == ("uniform", "block", True)
+    assert (high.alloc, high.refine, high.sequential, high.sequential_shrink) == ("uniform", "block", True, 0.1)
+    assert CompressionConfig(method="ngc", ratio=0.6, sequential_shrink=1.0).sequential_shrink == 1.0
     assert CompressionConfig(method="ngc", ratio=0.6, alloc="loss").alloc == "loss"  # a set option is kept
     assert CompressionConfig(method="zs-svd", ratio=0.6).alloc == "zero-sum"  # the peers keep their recipes
 
@@ -30,9 +31,10 @@ def test_from_half_the_weights_removed_ngc_defaults_to_uniform_ranks():
 def test_streamed_defaults_replace_only_what_the_user_did_not_set():
     config = CompressionConfig(method="ngc", ratio=0.4)
     streamed, notes = adapt_defaults(config, NOTHING_SET, streamed=True)
-    assert (streamed.alloc, streamed.refine, streamed.ratio) == ("uniform", "block", 0.4)
-    assert len(notes) == 1 and "loss -> uniform" in notes[0] and "--alloc" in notes[0]
-    kept, notes = adapt_defaults(config, frozenset({"alloc"}), streamed=True)
+    assert (streamed.alloc, streamed.refine, streamed.ratio, streamed.sequential_shrink) == ("uniform", "block", 0.4, 0.1)
+    assert len(notes) == 2 and "loss -> uniform" in notes[0] and "--alloc" in notes[0]
+    assert "1.0 -> 0.1" in notes[1] and "--sequential-shrink" in notes[1]
+    kept, notes = adapt_defaults(config, frozenset({"alloc", "sequential_shrink"}), streamed=True)
     assert kept == config and notes == []
 
 
@@ -59,12 +61,13 @@ def test_a_model_too_large_for_memory_is_streamed_with_uniform_ranks(tiny_folder
     monkeypatch.setattr(compress_source, "free_memory", lambda device: 1024)
     folder, config, notes = _choose(tiny_folders["llama"], None)
     assert folder == tiny_folders["llama"] and config.alloc == "uniform" and config.refine == "block"
-    assert "would not fit in memory" in notes[0] and "loss -> uniform" in notes[1]
+    assert "would not fit in memory" in notes[0] and "loss -> uniform" in notes[1] and "1.0 -> 0.1" in notes[2]
 
 
 def test_stream_flag_streams_with_the_streamed_defaults(tiny_folders):
     folder, config, notes = _choose(tiny_folders["llama"], True)
-    assert folder == tiny_folders["llama"] and config.alloc == "uniform" and len(notes) == 1
+    assert folder == tiny_folders["llama"] and (config.alloc, config.sequential_shrink) == ("uniform", 0.1)
+    assert len(notes) == 2
 
 
 def test_stream_flag_with_a_set_gradient_allocation_is_refused(tiny_folders):
@@ -92,15 +95,8 @@ def _choose(folder, stream, given=NOTHING_SET):
     return stream_folder(str(folder), config, given, stream, dtype=torch.float32, device="cpu", cache=None)
 
 
-def test_a_replaced_default_names_its_option_as_typed(monkeypatch):
-    import dataclasses
-
-    from ngc.fit import methods
-
-    ngc = methods.get_method("ngc")
-    ridge = dataclasses.replace(ngc, streamed={"sequential_shrink": 0.5})
-    monkeypatch.setattr(methods, "get_method", lambda name: ridge if name == "ngc" else ngc)
-    config = CompressionConfig(method="ngc", ratio=0.3)
-    streamed, notes = adapt_defaults(config, NOTHING_SET, streamed=True)
-    assert streamed.sequential_shrink == 0.5 and "--sequential-shrink" in notes[0]
-    assert adapt_defaults(config, frozenset({"sequential_shrink"}), streamed=True) == (config, [])
+def test_a_set_ridge_is_kept_when_the_streamed_ranks_replace_the_loss_rule():
+    config = CompressionConfig(method="ngc", ratio=0.3, sequential_shrink=3.0)
+    streamed, notes = adapt_defaults(config, frozenset({"sequential_shrink"}), streamed=True)
+    assert (streamed.alloc, streamed.sequential_shrink) == ("uniform", 3.0)
+    assert len(notes) == 1 and "--alloc" in notes[0]

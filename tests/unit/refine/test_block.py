@@ -43,7 +43,7 @@ def test_configurations_resolve_each_papers_recipe():
     assert (v2.whitening, v2.alloc, v2.sequential) == ("eigen", "v2", False)
     assert CompressionConfig(method="zs-svd").alloc == "zero-sum"
     ngc = CompressionConfig(method="ngc")
-    assert (ngc.sequential_shrink, ngc.refine, ngc.whitening, ngc.alloc) == (0.1, "block", "cholesky", "loss")
+    assert (ngc.sequential_shrink, ngc.refine, ngc.whitening, ngc.alloc) == (1.0, "block", "cholesky", "loss")
     with pytest.raises(UsageError, match="whitening"):
         CompressionConfig(whitening="qr")
     assert "gradients" in (needs_whole_model(CompressionConfig(method="zs-svd")) or "")
