@@ -74,7 +74,7 @@ def main() -> None:
     for label, row in table.items():
         second = f"  gsm8k {row['ppl_gsm8k']:8.3f}" if "ppl_gsm8k" in row else ""
         print(
-            f"{label:34s} ppl {row['ppl']:9.3f}{second}  R {row['ratio_removed']:.4f}  "
+            f"{label:56s} ppl {row['ppl']:9.3f}{second}  R {row['ratio_removed']:.4f}  "
             f"compress {row['compress_seconds']} s"
         )
 
