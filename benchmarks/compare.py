@@ -30,10 +30,21 @@ from ngc.eval.perplexity import token_perplexity
 from ngc.models.load import load_model
 
 
+#: the fields a method's defaults fill when a cell leaves them unset (ngc.fit.methods): a cell made under other
+#: defaults is another cell
+METHOD_DEFAULTS = ("alloc", "sequential", "sequential_shrink", "refine", "whitening")
+
+
 def same_settings(cell: dict, fields: dict, ratio: float) -> bool:
-    """Whether a finished cell was made with the settings its label has now (every key the cell sets)."""
+    """Whether a finished cell was made with the settings its label has now (every key the cell sets, and what
+    the method's defaults resolve to)."""
     expected = CompressionConfig(**fields, ratio=ratio).to_dict()
-    return all(cell.get("config", {}).get(key) == expected[key] for key in (*fields, "method", "ratio"))
+    stored = cell.get("config", {})
+    defaults = [key for key in METHOD_DEFAULTS if key in stored]
+    if not expected["sequential"] and "sequential_shrink" not in fields and "sequential_shrink" in defaults:
+        defaults.remove("sequential_shrink")  # the ridge of an update that does not run
+    keys = (*fields, "method", "ratio", *defaults)
+    return all(stored.get(key) == expected[key] for key in keys)
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 # validation, seed 0; first 16 windows of 2048 tokens of WikiText-2 test; BOS at the start of every window, as Gemma
 # needs). Three resumable groups of cells, each its own file (finished cells are skipped), so they can run side by
 # side: SVD-LLM, Basis Sharing and NGC's earlier defaults (gemma3_main.json); the newer peers ZS-SVD and AA-SVD
-# (gemma3_peers.json); NGC's defaults, loss allocation and block refinement (gemma3_ngc.json).
+# (gemma3_peers.json); NGC's defaults, and the same with the earlier sequential ridge of 0.1 (gemma3_ngc.json).
 # Usage: NGC_DATA_DIR=/path/to/data benchmarks/gemma3_main.sh [main|peers|ngc ...]   (default: all three)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,8 @@ for part in "${@:-main peers ngc}"; do
       main) run --out benchmarks/results/gemma3_main.json --cell "svd-llm=method=svd-llm" \
               --cell "basis-sharing=method=basis-sharing" --cell "ngc=method=ngc,alloc=uniform,refine=none,sequential_shrink=0.1" ;;
       peers) run --out benchmarks/results/gemma3_peers.json --cell "zs-svd=method=zs-svd" --cell "aa-svd=method=aa-svd" ;;
-      ngc) run --out benchmarks/results/gemma3_ngc.json --cell "ngc=method=ngc" ;;
+      ngc) run --out benchmarks/results/gemma3_ngc.json --cell "ngc=method=ngc" \
+             --cell "ngc:ridge-0.1=method=ngc,sequential_shrink=0.1" ;;
       *) echo "unknown group $group (main, peers, ngc)" >&2; exit 2 ;;
     esac
   done

@@ -9,18 +9,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 $PYTHON benchmarks/compare.py --ratios 0.3 --out benchmarks/results/ablation_smollm2.json \
-  --cell "intra=method=ngc,topology=intra,alloc=uniform,sequential=false" \
-  --cell "intra-cross-2=method=ngc,topology=intra-cross-2,alloc=uniform,sequential=false" \
-  --cell "intra+auto-alloc=method=ngc,topology=intra,alloc=auto,sequential=false" \
-  --cell "auto-topology=method=ngc,topology=auto,alloc=uniform,sequential=false" \
-  --cell "per-matrix+sequential=method=ngc,topology=per-matrix,alloc=uniform,sequential=true,sequential_shrink=0" \
-  --cell "intra+sequential-shrink-0.1=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.1" \
-  --cell "intra+auto-alloc-floor-0.5=method=ngc,topology=intra,alloc=auto,alloc_floor=0.5,sequential=false" \
-  --cell "intra+auto-energy=method=ngc,topology=intra,alloc=auto-energy,sequential=false" \
-  --cell "per-matrix+sequential-shrink-0.1=method=ngc,topology=per-matrix,alloc=uniform,sequential=true,sequential_shrink=0.1" \
-  --cell "intra+sequential-shrink-0.03=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.03" \
-  --cell "intra+sequential-shrink-0.3=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.3" \
-  --cell "intra-cross-2+exact=method=ngc,topology=intra-cross-2,alloc=uniform,sequential=false,exact=true" \
+  --cell "intra=method=ngc,topology=intra,alloc=uniform,sequential=false,refine=none" \
+  --cell "intra-cross-2=method=ngc,topology=intra-cross-2,alloc=uniform,sequential=false,refine=none" \
+  --cell "intra+auto-alloc=method=ngc,topology=intra,alloc=auto,sequential=false,refine=none" \
+  --cell "auto-topology=method=ngc,topology=auto,alloc=uniform,sequential=false,refine=none" \
+  --cell "per-matrix+sequential=method=ngc,topology=per-matrix,alloc=uniform,sequential=true,sequential_shrink=0,refine=none" \
+  --cell "intra+sequential-shrink-0.1=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.1,refine=none" \
+  --cell "intra+auto-alloc-floor-0.5=method=ngc,topology=intra,alloc=auto,alloc_floor=0.5,sequential=false,refine=none" \
+  --cell "intra+auto-energy=method=ngc,topology=intra,alloc=auto-energy,sequential=false,refine=none" \
+  --cell "per-matrix+sequential-shrink-0.1=method=ngc,topology=per-matrix,alloc=uniform,sequential=true,sequential_shrink=0.1,refine=none" \
+  --cell "intra+sequential-shrink-0.03=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.03,refine=none" \
+  --cell "intra+sequential-shrink-0.3=method=ngc,topology=intra,alloc=uniform,sequential=true,sequential_shrink=0.3,refine=none" \
+  --cell "intra-cross-2+exact=method=ngc,topology=intra-cross-2,alloc=uniform,sequential=false,exact=true,refine=none" \
   "$@"
 # Refinement on top of the default, in its own file so it can run beside the rows above.
 $PYTHON benchmarks/compare.py --ratios 0.3 --out benchmarks/results/ablation_refined_smollm2.json \

@@ -90,3 +90,7 @@ def test_compare_refuses_a_cell_made_with_other_settings():
     assert compare.same_settings({"config": config}, {"method": "ngc", "topology": "intra"}, 0.3)
     assert not compare.same_settings({"config": config}, {"method": "ngc", "topology": "intra-cross-2"}, 0.3)
     assert not compare.same_settings({"config": config}, {"method": "ngc", "topology": "intra"}, 0.5)
+    earlier_default = {**config, "sequential_shrink": 0.1}  # made when the method's default ridge was 0.1
+    assert not compare.same_settings({"config": earlier_default}, {"method": "ngc", "topology": "intra"}, 0.3)
+    pinned = {"method": "ngc", "topology": "intra", "sequential_shrink": 0.1}
+    assert compare.same_settings({"config": earlier_default}, pinned, 0.3)
