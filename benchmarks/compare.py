@@ -23,28 +23,11 @@ import torch
 
 from ngc.api import collect_statistics, compress
 from ngc.atomic import write_json_atomic, write_text_atomic
-from ngc.config import CompressionConfig
+from ngc.config import CompressionConfig, made_with
 from ngc.data.corpora import load_corpus
 from ngc.data.windows import calibration_windows, tokenize_text
 from ngc.eval.perplexity import token_perplexity
 from ngc.models.load import load_model
-
-
-#: the fields a method's defaults fill when a cell leaves them unset (ngc.fit.methods): a cell made under other
-#: defaults is another cell
-METHOD_DEFAULTS = ("alloc", "sequential", "sequential_shrink", "refine", "whitening")
-
-
-def same_settings(cell: dict, fields: dict, ratio: float) -> bool:
-    """Whether a finished cell was made with the settings its label has now (every key the cell sets, and what
-    the method's defaults resolve to)."""
-    expected = CompressionConfig(**fields, ratio=ratio).to_dict()
-    stored = cell.get("config", {})
-    defaults = [key for key in METHOD_DEFAULTS if key in stored]
-    if not expected["sequential"] and "sequential_shrink" not in fields and "sequential_shrink" in defaults:
-        defaults.remove("sequential_shrink")  # the ridge of an update that does not run
-    keys = (*fields, "method", "ratio", *defaults)
-    return all(stored.get(key) == expected[key] for key in keys)
 
 
 def main() -> None:
@@ -108,7 +91,7 @@ def main() -> None:
         for ratio in ratios:
             key = f"{label}@{ratio}"
             if key in results["cells"]:
-                if not same_settings(results["cells"][key], fields, ratio):
+                if not made_with(results["cells"][key].get("config", {}), fields, ratio):
                     raise SystemExit(
                         f"{args.out}: cell {key} was made with other settings than --cell now gives {label}; "
                         "delete it from the file or give the changed settings a new label"

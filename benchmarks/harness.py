@@ -26,7 +26,7 @@ import yaml
 
 from ngc.api import calibration_info, collect_statistics, compress
 from ngc.atomic import write_json_atomic, write_text_atomic
-from ngc.config import CompressionConfig
+from ngc.config import CompressionConfig, made_with
 from ngc.data.corpora import load_corpus
 from ngc.data.windows import calibration_windows, tokenize_text
 from ngc.eval.perplexity import token_perplexity
@@ -181,19 +181,13 @@ def main() -> None:
     report(results, out)
 
 
-def cell_matches(cell: dict[str, Any], settings: dict[str, Any], ratio: float) -> bool:
-    """Whether a finished cell was made with the settings its label has now (every key the spec sets)."""
-    expected = CompressionConfig(**settings, ratio=ratio).to_dict()
-    stored = cell.get("config", {})
-    return all(stored.get(key) == expected[key] for key in (*settings, "method", "ratio"))
-
-
 def refuse_changed_cells(cells: dict[str, dict[str, Any]], spec: Spec, path: Path) -> None:
     """A label whose settings changed must not reuse the cell made under its old settings."""
     changed = [
         key
         for key, cell in cells.items()
-        if cell.get("label") in spec.cells and not cell_matches(cell, spec.cells[cell["label"]], cell["ratio"])
+        if cell.get("label") in spec.cells
+        and not made_with(cell.get("config", {}), spec.cells[cell["label"]], cell["ratio"])
     ]
     if changed:
         raise SystemExit(

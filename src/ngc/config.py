@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -143,3 +144,19 @@ class CompressionConfig:
     def from_dict(cls, data: dict[str, Any]) -> CompressionConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: (tuple(v) if k == "roles" else v) for k, v in data.items() if k in known})
+
+
+#: the fields a method's defaults fill when left unset (``ngc.fit.methods``)
+METHOD_DEFAULT_FIELDS = ("alloc", "sequential", "sequential_shrink", "refine", "whitening")
+
+
+def made_with(stored: Mapping[str, Any], settings: Mapping[str, Any], ratio: float) -> bool:
+    """Whether a stored configuration (a result's ``config``) is what ``settings`` give at ``ratio`` today: every
+    field the settings name, and what the method's defaults resolve to (a result made under other defaults is
+    another result). Fields a stored configuration predates are not compared, nor the ridge of an update that does
+    not run."""
+    expected = CompressionConfig(**settings, ratio=ratio).to_dict()
+    defaults = [key for key in METHOD_DEFAULT_FIELDS if key in stored and key not in settings]
+    if not expected["sequential"] and "sequential_shrink" in defaults:
+        defaults.remove("sequential_shrink")
+    return all(stored.get(key) == expected[key] for key in (*settings, "method", "ratio", *defaults))

@@ -81,16 +81,3 @@ def test_a_finished_cell_is_not_reused_when_its_label_changed_settings(tmp_path)
     with pytest.raises(SystemExit, match="other settings"):
         harness.refuse_changed_cells(cells, spec, tmp_path / "results.json")
 
-
-def test_compare_refuses_a_cell_made_with_other_settings():
-    spec = importlib.util.spec_from_file_location("compare", HARNESS.parent / "compare.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
-    config = compare.CompressionConfig(method="ngc", topology="intra", ratio=0.3).to_dict()
-    assert compare.same_settings({"config": config}, {"method": "ngc", "topology": "intra"}, 0.3)
-    assert not compare.same_settings({"config": config}, {"method": "ngc", "topology": "intra-cross-2"}, 0.3)
-    assert not compare.same_settings({"config": config}, {"method": "ngc", "topology": "intra"}, 0.5)
-    earlier_default = {**config, "sequential_shrink": 0.1}  # made when the method's default ridge was 0.1
-    assert not compare.same_settings({"config": earlier_default}, {"method": "ngc", "topology": "intra"}, 0.3)
-    pinned = {"method": "ngc", "topology": "intra", "sequential_shrink": 0.1}
-    assert compare.same_settings({"config": earlier_default}, pinned, 0.3)
