@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("spec", type=Path)
     parser.add_argument("--only", default=None, help="comma-separated cells to run, e.g. ngc@0.4 (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: results/<spec name>)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (recorded per cell, not a setting)")
     args = parser.parse_args()
     spec = Spec.read(args.spec)
     out = args.out or RESULTS / spec.name
@@ -130,7 +131,7 @@ def main() -> None:
     if spec.speed and spec.speed.get("threads"):
         torch.set_num_threads(int(spec.speed["threads"]))
 
-    loaded = load_model(spec.model)
+    loaded = load_model(spec.model, device=args.device)
     tokens = None
     if spec.perplexity:
         test = load_corpus(spec.perplexity.get("corpus", "wikitext2"), spec.perplexity.get("split", "test"))
@@ -168,6 +169,7 @@ def main() -> None:
             "label": label,
             "ratio": ratio,
             "config": config.to_dict(),
+            "device": args.device,
             "accounting": result.accounting.to_dict() | {"groups": len(result.accounting.groups)},
             "calibration_seconds": result.calibration_seconds,
             "fit_seconds": result.fit_seconds,
