@@ -82,7 +82,6 @@ def test_a_finished_cell_is_not_reused_when_its_label_changed_settings(tmp_path)
         harness.refuse_changed_cells(cells, spec, tmp_path / "results.json")
 
 
-
 @pytest.mark.parametrize("path", sorted(HARNESS.parent.glob("specs/*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_spec_reads_and_names_its_results_folder(path):
     spec = _harness().Spec.read(path)

@@ -31,7 +31,12 @@ def test_from_half_the_weights_removed_ngc_defaults_to_uniform_ranks():
 def test_streamed_defaults_replace_only_what_the_user_did_not_set():
     config = CompressionConfig(method="ngc", ratio=0.4)
     streamed, notes = adapt_defaults(config, NOTHING_SET, streamed=True)
-    assert (streamed.alloc, streamed.refine, streamed.ratio, streamed.sequential_shrink) == ("uniform", "block", 0.4, 0.1)
+    assert (streamed.alloc, streamed.refine, streamed.ratio, streamed.sequential_shrink) == (
+        "uniform",
+        "block",
+        0.4,
+        0.1,
+    )
     assert len(notes) == 2 and "loss -> uniform" in notes[0] and "--alloc" in notes[0]
     assert "1.0 -> 0.1" in notes[1] and "--sequential-shrink" in notes[1]
     kept, notes = adapt_defaults(config, frozenset({"alloc", "sequential_shrink"}), streamed=True)
