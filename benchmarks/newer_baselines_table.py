@@ -1,7 +1,9 @@
 """Gather benchmarks/newer_baselines.sh cells into benchmarks/results/newer_baselines_smollm2.json (and print them).
 
 Each cell: the commands, WikiText-2 test perplexity (and GSM8K's, the second text, where the cell scored it), tokens,
-measured ratio removed, MAC ratio, wall times.
+measured ratio removed, MAC ratio, wall times. Also plots perplexity against ratio on both texts
+(newer_baselines_smollm2_{wikitext2,gsm8k}.png): each peer's own recipe, svd-llm and basis-sharing from the baseline
+table (WikiText-2 only), and NGC's defaults (the cells whose settings are the defaults at each ratio).
 """
 
 from __future__ import annotations
@@ -52,6 +54,51 @@ def reference(label: str) -> dict:
     return {"ppl": row["ppl"], "tokens": row["tokens"], "source": "benchmarks/results/baselines_smollm2.json"}
 
 
+#: the cells whose settings are NGC's defaults at each ratio (ngc.fit.methods: the loss rule with ridge 1 below
+#: R = 0.5, uniform ranks with ridge 0.1 from 0.5; block refinement throughout)
+NGC_DEFAULTS = (
+    "ngc+block:loss#sequential-shrink=1@0.2",
+    "ngc+block:loss#sequential-shrink=1@0.3",
+    "ngc+block:loss#sequential-shrink=1@0.4",
+    "ngc+block:uniform@0.5",
+)
+PEERS = ("svd-llm-v2", "aa-svd", "zs-svd")
+
+
+def series(table: dict, key: str) -> dict[str, list[tuple[float, float]]]:
+    """Perplexity (``key``: "ppl" or "ppl_gsm8k") against ratio: each peer's cells, NGC's defaults."""
+    lines: dict[str, list[tuple[float, float]]] = {}
+    if key == "ppl":
+        baseline = json.loads((RESULTS / "baselines_smollm2.json").read_text())["cells"]
+        for label, row in baseline.items():
+            method, ratio = label.rsplit("@", 1)
+            if method in ("svd-llm", "basis-sharing"):
+                lines.setdefault(method, []).append((float(ratio), row["ppl"]))
+    for label, row in table.items():
+        method, ratio = label.rsplit("@", 1)
+        if method in PEERS and key in row:
+            lines.setdefault(method, []).append((float(ratio), row[key]))
+    defaults = [(float(label.rsplit("@", 1)[1]), table[label][key]) for label in NGC_DEFAULTS if key in table[label]]
+    lines["ngc (defaults)"] = defaults
+    return lines
+
+
+def plot(table: dict) -> None:
+    from ngc.reports.plots import metric_vs_ratio
+
+    dense = {
+        "ppl": json.loads((RESULTS / "baselines_smollm2.json").read_text())["dense"]["ppl"],
+        "ppl_gsm8k": json.loads((RESULTS / "newer_baselines_dense_gsm8k.json").read_text())["ppl"]["gsm8k"]["ppl"],
+    }
+    for key, text in (("ppl", "wikitext2"), ("ppl_gsm8k", "gsm8k")):
+        path = RESULTS / f"newer_baselines_smollm2_{text}.png"
+        name = "WikiText-2" if text == "wikitext2" else "GSM8K"
+        metric_vs_ratio(
+            series(table, key), f"{name} test perplexity", f"SmolLM2-135M, training-free: {name}", path, dense[key], True
+        )
+        print(f"wrote {path}")
+
+
 def main() -> None:
     labels = sorted(p.name.removesuffix(".wall.json") for p in CELLS.glob("*.wall.json"))
     table = {label: cell(label) for label in labels}
@@ -71,6 +118,7 @@ def main() -> None:
         "reference": {label: reference(label) for label in REFERENCE_CELLS},
     }
     (RESULTS / "newer_baselines_smollm2.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    plot(table)
     for label, row in table.items():
         second = f"  gsm8k {row['ppl_gsm8k']:8.3f}" if "ppl_gsm8k" in row else ""
         print(
