@@ -93,9 +93,8 @@ def plot(table: dict) -> None:
     for key, text in (("ppl", "wikitext2"), ("ppl_gsm8k", "gsm8k")):
         path = RESULTS / f"newer_baselines_smollm2_{text}.png"
         name = "WikiText-2" if text == "wikitext2" else "GSM8K"
-        metric_vs_ratio(
-            series(table, key), f"{name} test perplexity", f"SmolLM2-135M, training-free: {name}", path, dense[key], True
-        )
+        title = f"SmolLM2-135M, training-free: {name}"
+        metric_vs_ratio(series(table, key), f"{name} test perplexity", title, path, dense[key], log_y=True)
         print(f"wrote {path}")
 
 
