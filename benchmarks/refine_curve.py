@@ -181,6 +181,15 @@ def run(args: argparse.Namespace) -> None:
         plot(payload, args.plot)
 
 
+def same_record(a: Any, b: Any, rel: float = 1e-4) -> bool:
+    """Equal records, floats within ``rel`` (the dense perplexity of two processes differs in the 6th digit)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_record(a[k], b[k], rel) for k in a)
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= rel * max(abs(a), abs(b))
+    return a == b
+
+
 def merge(parts: list[Path], out: Path, plot_to: Path | None) -> None:
     """Rows of ``parts`` added to ``out`` (created from the first part when missing); settings must agree."""
     payload = json.loads(out.read_text()) if out.is_file() else json.loads(parts[0].read_text())
@@ -188,7 +197,7 @@ def merge(parts: list[Path], out: Path, plot_to: Path | None) -> None:
     for part in parts:
         other = json.loads(part.read_text())
         for key in ("calibration", "refinement", "dense"):
-            if other[key] != payload[key]:
+            if not same_record(other[key], payload[key]):
                 raise SystemExit(f"{part}: its {key} differs from {out}'s; only runs of one protocol merge")
         for row in other["rows"]:
             if (row["method"], row["ratio"], row["budget"]) not in done:

@@ -77,3 +77,12 @@ def test_distill_step_reports_the_ratio_to_a_dense_forward(tmp_path):
     payload = json.loads(out.read_text())
     assert set(payload["steps"]) == set(bench.VARIANTS) and payload["threads"]["torch"] == 1
     assert all(row["dense_forwards"] > 0 for row in payload["steps"].values())
+
+
+def test_merged_records_agree_to_rounding_but_not_beyond():
+    curve = load_script("refine_curve")
+    dense = {"ppl": 20.713510192555315, "tokens": 32752, "windows": 16}
+    assert curve.same_record(dense, {**dense, "ppl": 20.713326762521234})  # two processes, 6th digit
+    assert not curve.same_record(dense, {**dense, "ppl": 20.8})
+    assert not curve.same_record(dense, {**dense, "tokens": 32751})
+    assert not curve.same_record(dense, {"ppl": dense["ppl"], "tokens": 32752})
