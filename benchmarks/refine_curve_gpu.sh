@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The refinement-budget curve on a CUDA machine: the CPU curve's protocol (64 x 512 calibration, seed 0; whole
 # WikiText-2 validation split as refinement data; 16 x 2048 test tokens) with the budgets a CPU cannot reach,
-# for NGC's defaults (and with the earlier sequential ridge of 0.1) and the peers at R = 0.2 and 0.4. Resumable; rows go to OUT (default
-# benchmarks/results/refine_curve_smollm2_cuda.json), plot beside it.
+# for NGC's defaults (and with the earlier sequential ridge of 0.1) and the peers at R = 0.2 and 0.4. Resumable;
+# rows go to OUT (default benchmarks/results/refine_curve_smollm2_cuda.json), plot beside it.
 # Usage: NGC_DATA_DIR=/path/to/data benchmarks/refine_curve_gpu.sh [OUT] [BUDGETS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
