@@ -45,7 +45,7 @@ def test_streamed_in_memory_and_two_processes_give_one_model(smollm2, tmp_path):
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command += ["-m", "ngc", "compress", "smollm2-135m", "--method", "ngc", "--ratio", "0.3"]
-    command += ["--alloc", "uniform", "--refine", "none"]
+    command += ["--alloc", "uniform", "--refine", "none", "--sequential-shrink", "0.1"]
     command += ["--calib-samples", "4", "--calib-len", "128", "--out", str(tmp_path / "two")]
     env = os.environ | {"OMP_NUM_THREADS": "1", "NGC_NO_PROGRESS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
