@@ -65,11 +65,11 @@ NGC_DEFAULTS = (
 PEERS = ("svd-llm-v2", "aa-svd", "zs-svd")
 
 
-def series(table: dict, key: str) -> dict[str, list[tuple[float, float]]]:
-    """Perplexity (``key``: "ppl" or "ppl_gsm8k") against ratio: each peer's cells, NGC's defaults."""
+def series(table: dict, baseline: dict, key: str) -> dict[str, list[tuple[float, float]]]:
+    """Perplexity (``key``: "ppl" or "ppl_gsm8k") against ratio: each peer's cells (svd-llm and basis-sharing from
+    the ``baseline`` table's cells, WikiText-2 only), NGC's defaults."""
     lines: dict[str, list[tuple[float, float]]] = {}
     if key == "ppl":
-        baseline = json.loads((RESULTS / "baselines_smollm2.json").read_text())["cells"]
         for label, row in baseline.items():
             method, ratio = label.rsplit("@", 1)
             if method in ("svd-llm", "basis-sharing"):
@@ -86,15 +86,18 @@ def series(table: dict, key: str) -> dict[str, list[tuple[float, float]]]:
 def plot(table: dict) -> None:
     from ngc.reports.plots import metric_vs_ratio
 
+    baseline = json.loads((RESULTS / "baselines_smollm2.json").read_text())
     dense = {
-        "ppl": json.loads((RESULTS / "baselines_smollm2.json").read_text())["dense"]["ppl"],
+        "ppl": baseline["dense"]["ppl"],
         "ppl_gsm8k": json.loads((RESULTS / "newer_baselines_dense_gsm8k.json").read_text())["ppl"]["gsm8k"]["ppl"],
     }
     for key, text in (("ppl", "wikitext2"), ("ppl_gsm8k", "gsm8k")):
         path = RESULTS / f"newer_baselines_smollm2_{text}.png"
         name = "WikiText-2" if text == "wikitext2" else "GSM8K"
         title = f"SmolLM2-135M, training-free: {name}"
-        metric_vs_ratio(series(table, key), f"{name} test perplexity", title, path, dense[key], log_y=True)
+        metric_vs_ratio(
+            series(table, baseline["cells"], key), f"{name} test perplexity", title, path, dense[key], log_y=True
+        )
         print(f"wrote {path}")
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -98,7 +100,7 @@ def shared_units(groups: Sequence[Group]) -> dict[str, str]:
     return {g.id: root(g.id) for g in groups}
 
 
-def regroup(group: Group, ranks: Mapping[str, int], dense: set[str]) -> tuple[Group, int] | None:
+def regroup(group: Group, ranks: Mapping[str, int], dense: AbstractSet[str]) -> tuple[Group, int] | None:
     """The members of ``group`` not left ``dense``, as one group, and the rank that stores what theirs did.
 
     ``ranks`` and ``dense`` are keyed by the members' per-matrix group ids. The shared rank
@@ -124,9 +126,14 @@ class MatrixSelection:
     target_saved: int  # parameters the ratio asks to remove
     gradient_seconds: float
 
+    @cached_property
+    def dense(self) -> frozenset[str]:
+        """The matrices past break-even, left dense."""
+        return frozenset(self.selection.dense)
+
     def place(self, group: Group) -> tuple[Group, int] | None:
         """``group``'s members that stay factorised, as one group, and its rank (:func:`regroup`)."""
-        return regroup(group, self.selection.ranks, set(self.selection.dense))
+        return regroup(group, self.selection.ranks, self.dense)
 
 
 def select_matrices(
@@ -166,7 +173,7 @@ def select_matrices(
 def regroup_selection(groups: Sequence[Group], selected: MatrixSelection) -> Allocation:
     """Each group's surviving members share one basis again; matrices past break-even leave the topology."""
     selection = selected.selection
-    dense = set(selection.dense)
+    dense = selected.dense
     kept: list[Group] = []
     ranks: dict[str, int] = {}
     shared: dict[str, int] = {}
