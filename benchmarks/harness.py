@@ -26,9 +26,11 @@ import yaml
 
 from ngc.api import calibration_info, collect_statistics, compress
 from ngc.atomic import write_json_atomic, write_text_atomic
+from ngc.calib.collect import CalibrationStats
 from ngc.config import CompressionConfig, made_with
 from ngc.data.corpora import load_corpus
 from ngc.data.windows import calibration_windows, tokenize_text
+from ngc.errors import UsageError
 from ngc.eval.perplexity import token_perplexity
 from ngc.eval.speed import benchmark, parse_decode, parse_shapes
 from ngc.eval.tasks import evaluate_tasks, parse_tasks
@@ -158,29 +160,48 @@ def main() -> None:
         results["calibration"] = calibration_info(calib) | {"seconds": time.perf_counter() - start}
     for label, ratio in pending:
         key = f"{label}@{ratio}"
-        start = time.perf_counter()
-        model = copy.deepcopy(loaded.model)
-        config = CompressionConfig(**spec.cells[label], ratio=ratio)
+        results["cells"][key] = run_cell(loaded, spec, label, ratio, stats, tokens, args.device)
+        write_json_atomic(path, results)
+        print(f"{key}: {summary(results['cells'][key])}", flush=True)
+    report(results, out)
+
+
+def run_cell(
+    loaded: LoadedModel,
+    spec: Spec,
+    label: str,
+    ratio: float,
+    stats: CalibrationStats,
+    tokens: torch.Tensor | None,
+    device: str,
+) -> dict[str, Any]:
+    """Compress a copy of the dense model with one cell's settings and measure it like the dense row.
+
+    A configuration the library refuses (a budget the method's recipe cannot reach, say) is recorded as the cell's
+    ``refused`` reason, so one infeasible cell neither stops the run nor is retried by the next one.
+    """
+    start = time.perf_counter()
+    config = CompressionConfig(**spec.cells[label], ratio=ratio)
+    cell: dict[str, Any] = {"label": label, "ratio": ratio, "config": config.to_dict(), "device": device}
+    model = copy.deepcopy(loaded.model)
+    try:
         result = compress(model, config, stats)
-        cell = measure(model, loaded, spec, tokens)
-        if spec.speed:
-            cell["speed"] = measure_speed(model, loaded.model, spec)
-        cell |= {
-            "label": label,
-            "ratio": ratio,
-            "config": config.to_dict(),
-            "device": args.device,
+    except UsageError as error:
+        return cell | {"refused": str(error), "seconds": time.perf_counter() - start}
+    measured = measure(model, loaded, spec, tokens)
+    if spec.speed:
+        measured["speed"] = measure_speed(model, loaded.model, spec)
+    return (
+        measured
+        | cell
+        | {
             "accounting": result.accounting.to_dict() | {"groups": len(result.accounting.groups)},
             "calibration_seconds": result.calibration_seconds,
             "fit_seconds": result.fit_seconds,
             "seconds": time.perf_counter() - start,
             "warnings": result.warnings,
         }
-        results["cells"][key] = cell
-        write_json_atomic(path, results)
-        print(f"{key}: {summary(cell)}", flush=True)
-        del model
-    report(results, out)
+    )
 
 
 def refuse_changed_cells(cells: dict[str, dict[str, Any]], spec: Spec, path: Path) -> None:
@@ -199,6 +220,8 @@ def refuse_changed_cells(cells: dict[str, dict[str, Any]], spec: Spec, path: Pat
 
 
 def summary(row: dict[str, Any]) -> str:
+    if "refused" in row:
+        return f"refused: {row['refused']}"
     parts = []
     if "ppl" in row:
         parts.append(f"ppl {row['ppl']['ppl']:.3f}")
@@ -221,8 +244,14 @@ def _table(labels: list[str], ratios: list[float], value) -> list[str]:
         "| --- | " + " | ".join("---:" for _ in ratios) + " |",
     ]
     for label, cells in labels:
-        lines.append(f"| {label} | " + " | ".join(value(cells.get(r)) if cells.get(r) else "" for r in ratios) + " |")
+        lines.append(f"| {label} | " + " | ".join(_entry(cells.get(r), value) for r in ratios) + " |")
     return lines
+
+
+def _entry(cell: dict[str, Any] | None, value) -> str:
+    if cell is None:
+        return ""
+    return "refused" if "refused" in cell else value(cell)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -261,6 +290,8 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for label, by_ratio in [("dense", {0.0: dense})] + list(by_label.items()):
             for ratio, cell in sorted(by_ratio.items()):
+                if "refused" in cell:
+                    continue
                 accs = " | ".join(f"{cell['tasks'][n]['acc']:.4f}" for n in names)
                 lines.append(f"| {label} | {ratio} | {accs} | {cell['mean_acc']:.4f} |")
         lines += [""]
@@ -294,6 +325,9 @@ def markdown(results: dict[str, Any]) -> str:
             ),
         ),
     ]
+    refused = [f"- {key}: {cell['refused']}" for key, cell in cells.items() if "refused" in cell]
+    if refused:
+        lines += ["", "Refused cells (the method's recipe cannot run this configuration):", "", *refused]
     return "\n".join(lines) + "\n"
 
 

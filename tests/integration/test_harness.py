@@ -86,3 +86,32 @@ def test_a_finished_cell_is_not_reused_when_its_label_changed_settings(tmp_path)
 def test_every_shipped_spec_reads_and_names_its_results_folder(path):
     spec = _harness().Spec.read(path)
     assert spec.name == path.stem and spec.cells and spec.ratios
+
+
+def test_a_refused_cell_is_recorded_and_the_run_goes_on(tmp_path, tiny_folders, data_dir, monkeypatch):
+    monkeypatch.setenv("NGC_DATA_DIR", str(data_dir))
+    spec = tmp_path / "refused.yaml"
+    spec.write_text(
+        f"""name: refused
+model: {tiny_folders["llama"]}
+calibration: {{samples: 4, len: 32, seed: 0}}
+perplexity: {{len: 32, windows: 2}}
+ratios: [0.9]
+cells:
+  zs-svd: {{method: zs-svd, roles: [q, k, v]}}
+  svd-llm: {{method: svd-llm, roles: [q, k, v]}}
+""",
+        encoding="utf-8",
+    )
+    out = tmp_path / "results"
+    harness = _harness()
+    monkeypatch.setattr(sys, "argv", ["harness.py", str(spec), "--out", str(out)])
+    harness.main()
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    assert "cannot save" in cells["zs-svd@0.9"]["refused"] and "ppl" not in cells["zs-svd@0.9"]
+    assert cells["svd-llm@0.9"]["ppl"]["ppl"] > 0  # the cell after the refused one still ran
+    table = (out / "results.md").read_text()
+    assert "| zs-svd | refused |" in table and "zs-svd@0.9: the zero-sum selection cannot save" in table
+
+    harness.main()  # a rerun keeps the refusal instead of trying again
+    assert json.loads((out / "results.json").read_text())["cells"] == cells
