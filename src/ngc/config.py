@@ -16,6 +16,15 @@ REFINE_STEPS = {"local": 50, "distill": 100, "block": 25}  # default steps per r
 #: refinements that compose: a per-layer one during the pipeline, then distillation of the whole model (SPEC §5)
 REFINE_CHAINS = ("local+distill", "block+distill")
 WHITENINGS = ("cholesky", "eigen")  # how C = S Sᵀ is factorised (SPEC §4)
+#: the fields a method's defaults fill when left unset (``ngc.fit.methods``), each with its value where the method
+#: names none
+METHOD_DEFAULT_FIELDS: dict[str, object] = {
+    "alloc": "uniform",
+    "sequential": False,
+    "sequential_shrink": 0.1,
+    "refine": "none",
+    "whitening": "cholesky",
+}
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,7 @@ class CompressionConfig:
         from ngc.fit.methods import get_method
 
         defaults = get_method(self.method).defaults_at(self.ratio)
-        for name, fallback in (("refine", "none"), ("sequential_shrink", 0.1), ("whitening", "cholesky")):
+        for name, fallback in METHOD_DEFAULT_FIELDS.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, defaults.get(name, fallback))
         if self.refine not in REFINE_STEPS and self.refine not in REFINE_CHAINS and self.refine != "none":
@@ -106,10 +115,6 @@ class CompressionConfig:
         from ngc.refine.options import check_refine_fields
 
         check_refine_fields(self)
-        if self.alloc is None:
-            object.__setattr__(self, "alloc", defaults["alloc"])
-        if self.sequential is None:
-            object.__setattr__(self, "sequential", defaults["sequential"])
         if self.alloc not in ALLOCATIONS:
             raise UsageError(f"unknown allocation {self.alloc!r}", hint=f"use one of {', '.join(ALLOCATIONS)}")
         object.__setattr__(self, "roles", tuple(self.roles))
@@ -144,10 +149,6 @@ class CompressionConfig:
     def from_dict(cls, data: dict[str, Any]) -> CompressionConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: (tuple(v) if k == "roles" else v) for k, v in data.items() if k in known})
-
-
-#: the fields a method's defaults fill when left unset (``ngc.fit.methods``)
-METHOD_DEFAULT_FIELDS = ("alloc", "sequential", "sequential_shrink", "refine", "whitening")
 
 
 def made_with(stored: Mapping[str, Any], settings: Mapping[str, Any], ratio: float) -> bool:
