@@ -347,44 +347,61 @@ def _fisher(model, method, windows, stats, members, result) -> dict[str, torch.T
 
 def _auto_structure(model, method, members, groups, ranks, stats, fisher, config, result, calibration):
     """``auto`` topology and non-uniform ranks: both need every group's statistics before any fit."""
-    auto_topology = config.topology == AUTO
-    if (config.alloc != "uniform" or auto_topology) and stats is None and method.needs_moments:
+    if (config.alloc != "uniform" or config.topology == AUTO) and stats is None and method.needs_moments:
         start = time.perf_counter()
         stats = collect_statistics(model, calibration, config.roles)
         result.calibration_seconds += time.perf_counter() - start
     tokens = _windows(calibration)
-    if auto_topology and config.alloc in GRADIENT_ALLOCATIONS:
-        # the selection over single matrices does not depend on the groups: select first, then every unit takes
-        # the structure whose shared fits at the selected ranks lose least
-        assert stats is not None and tokens is not None
-        start = time.perf_counter()
+    if config.topology == AUTO:
+        groups, ranks = _choose_structure(model, method, members, stats, tokens, config, result)
+        if config.alloc in GRADIENT_ALLOCATIONS:
+            return groups, ranks, stats  # the structure was chosen at the ranks the selection gave
+    groups, ranks = _allocate(model, method, groups, ranks, stats, fisher, tokens, config, result)
+    return groups, ranks, stats
+
+
+def _choose_structure(
+    model, method, members, stats, tokens, config, result
+) -> tuple[tuple[Group, ...], dict[str, int]]:
+    """``auto`` topology: every unit takes the structure whose shared fits lose least at the ranks it will get.
+
+    Under a gradient allocation the selection over single matrices does not depend on the groups: it runs first and
+    the candidate structures are scored at the ranks it selected; otherwise they are scored at uniform ranks.
+    """
+    assert stats is not None
+    start = time.perf_counter()
+    if config.alloc in GRADIENT_ALLOCATIONS:
+        assert tokens is not None
         selected = select_matrices(model, method, members, stats.moments, tokens, config)
         chosen, result.decisions = choose_topology(model, method, members, stats.moments, config, selected.place)
-        groups, ranks = _take_allocation(result, regroup_selection(chosen, selected), config, start)
-    elif auto_topology:
+        return _take_allocation(result, regroup_selection(chosen, selected), config, start)
+    groups, result.decisions = choose_topology(model, method, members, stats.moments, config)
+    ranks = round_ranks({group.id: uniform_rank(group, config.ratio) for group in groups}, config.rank_multiple)
+    result.topology, result.ranks = groups, ranks
+    result.fit_seconds += time.perf_counter() - start
+    return groups, ranks
+
+
+def _allocate(
+    model, method, groups, ranks, stats, fisher, tokens, config, result
+) -> tuple[tuple[Group, ...], dict[str, int]]:
+    """The groups' ranks by ``config.alloc``; ``uniform`` keeps the ranks given."""
+    if config.alloc == "uniform":
+        return groups, ranks
+    start = time.perf_counter()
+    if config.alloc == "v2":
         assert stats is not None
-        start = time.perf_counter()
-        groups, result.decisions = choose_topology(model, method, members, stats.moments, config)
-        ranks = round_ranks({group.id: uniform_rank(group, config.ratio) for group in groups}, config.rank_multiple)
-        result.topology, result.ranks = groups, ranks
-        result.fit_seconds += time.perf_counter() - start
-    if config.alloc == "v2" or (config.alloc in GRADIENT_ALLOCATIONS and not auto_topology):
-        assert stats is not None
-        start = time.perf_counter()
-        if config.alloc == "v2":
-            allocation = allocate_v2(model, method, groups, stats.moments, config)
-        else:
-            assert tokens is not None
-            allocation = allocate_zero_sum(model, method, groups, stats.moments, tokens, config)
-        groups, ranks = _take_allocation(result, allocation, config, start)
-    elif config.alloc not in ("uniform", *GRADIENT_ALLOCATIONS):
-        start = time.perf_counter()
-        ranks = round_ranks(
-            allocate_auto(model, method, groups, stats.moments if stats else {}, fisher, config), config.rank_multiple
-        )
-        result.ranks = ranks
-        result.fit_seconds += time.perf_counter() - start
-    return groups, ranks, stats
+        return _take_allocation(result, allocate_v2(model, method, groups, stats.moments, config), config, start)
+    if config.alloc in GRADIENT_ALLOCATIONS:
+        assert stats is not None and tokens is not None
+        allocation = allocate_zero_sum(model, method, groups, stats.moments, tokens, config)
+        return _take_allocation(result, allocation, config, start)
+    ranks = round_ranks(
+        allocate_auto(model, method, groups, stats.moments if stats else {}, fisher, config), config.rank_multiple
+    )
+    result.ranks = ranks
+    result.fit_seconds += time.perf_counter() - start
+    return groups, ranks
 
 
 def _take_allocation(
