@@ -22,23 +22,28 @@ def _harness():
     return module
 
 
+def _tiny_spec(folder: Path, name: str, model: Path, rest: str) -> Path:
+    """A spec file on a tiny model with the tests' calibration and perplexity sizes; ``rest`` adds its keys."""
+    spec = folder / f"{name}.yaml"
+    header = f"name: {name}\nmodel: {model}\ncalibration: {{samples: 4, len: 32, seed: 0}}\n"
+    spec.write_text(header + "perplexity: {len: 32, windows: 2}\n" + rest, encoding="utf-8")
+    return spec
+
+
 def test_harness_runs_a_spec_and_skips_finished_cells(tmp_path, tiny_folders, data_dir, task_data_dir, monkeypatch):
     assert data_dir == task_data_dir  # one folder: WikiText-2 and the task files
     monkeypatch.setenv("NGC_DATA_DIR", str(data_dir))
-    spec = tmp_path / "tiny.yaml"
-    spec.write_text(
-        f"""name: tiny
-model: {tiny_folders["llama"]}
-calibration: {{samples: 4, len: 32, seed: 0}}
-perplexity: {{len: 32, windows: 2}}
-tasks: {{names: arc_easy, batch_size: 2}}
-speed: {{shapes: 1x16, decode: 1x8+2, warmup: 0, repeats: 1}}
+    spec = _tiny_spec(
+        tmp_path,
+        "tiny",
+        tiny_folders["llama"],
+        """tasks: {names: arc_easy, batch_size: 2}
+speed: {shapes: 1x16, decode: 1x8+2, warmup: 0, repeats: 1}
 ratios: [0.3, 0.5]
 cells:
-  svd-llm: {{method: svd-llm}}
-  ngc: {{method: ngc}}
+  svd-llm: {method: svd-llm}
+  ngc: {method: ngc}
 """,
-        encoding="utf-8",
     )
     out = tmp_path / "results"
     harness = _harness()
@@ -90,19 +95,8 @@ def test_every_shipped_spec_reads_and_names_its_results_folder(path):
 
 def test_a_refused_cell_is_recorded_and_the_run_goes_on(tmp_path, tiny_folders, data_dir, monkeypatch):
     monkeypatch.setenv("NGC_DATA_DIR", str(data_dir))
-    spec = tmp_path / "refused.yaml"
-    spec.write_text(
-        f"""name: refused
-model: {tiny_folders["llama"]}
-calibration: {{samples: 4, len: 32, seed: 0}}
-perplexity: {{len: 32, windows: 2}}
-ratios: [0.9]
-cells:
-  zs-svd: {{method: zs-svd, roles: [q, k, v]}}
-  svd-llm: {{method: svd-llm, roles: [q, k, v]}}
-""",
-        encoding="utf-8",
-    )
+    cells = "cells:\n  zs-svd: {method: zs-svd, roles: [q, k, v]}\n  svd-llm: {method: svd-llm, roles: [q, k, v]}\n"
+    spec = _tiny_spec(tmp_path, "refused", tiny_folders["llama"], "ratios: [0.9]\n" + cells)
     out = tmp_path / "results"
     harness = _harness()
     monkeypatch.setattr(sys, "argv", ["harness.py", str(spec), "--out", str(out)])
