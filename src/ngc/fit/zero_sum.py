@@ -132,8 +132,14 @@ def zero_sum_select(
     running = 0.0
     while saved < target_saved:
         if not negative and not positive:
+            floor = (
+                f" with every matrix kept at {keep_rank_ratio:g} x its break-even rank or more (ZS-SVD's floor)"
+                if keep_rank_ratio > 0
+                else ""
+            )
             raise UsageError(
-                f"the zero-sum selection cannot save {target_saved} parameters: dropping every component saves {saved}",
+                f"the zero-sum selection cannot save {target_saved} parameters: dropping every component{floor} "
+                f"saves {saved}",
                 hint="use a lower --ratio (the groups' break-even ranks leave too little to remove)",
             )
         heap = negative if (running > 0 and negative) or not positive else positive

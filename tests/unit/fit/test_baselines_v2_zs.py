@@ -215,7 +215,9 @@ def test_impossible_budget_names_the_fix():
     a = Candidates((0.1, 0.2), cost=10, dense=15)  # even rank 1 saves only 5
     with pytest.raises(UsageError, match="cannot save") as info:
         zero_sum_select({"a": a}, target_saved=10)
-    assert "--ratio" in str(info.value)
+    assert "--ratio" in str(info.value) and "floor" not in str(info.value)
+    with pytest.raises(UsageError, match="0.3 x its break-even rank or more"):  # the floor is named when it binds
+        zero_sum_select({"a": Candidates((0.1,) * 10, cost=10, dense=100)}, target_saved=95, keep_rank_ratio=0.3)
 
 
 def test_groups_of_one_unit_stay_dense_together():
