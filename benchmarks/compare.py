@@ -111,7 +111,7 @@ def main() -> None:
                 "device": str(loaded.model.device),
             }
             results["cells"][key] = cell
-            write_json_atomic(args.out, results)
+            save_with_others(args.out, results)
             print(
                 f"{key}: ppl {cell['ppl']:.3f}  R={result.accounting.ratio_removed:.4f}  "
                 f"fit {result.fit_seconds:.1f} s",
@@ -119,6 +119,14 @@ def main() -> None:
             )
             del model
     write_text_atomic(args.out.with_suffix(".md"), markdown(results))
+
+
+def save_with_others(path: Path, results: dict) -> None:
+    """Write ``results``, keeping the cells another run of the same file finished meanwhile (runs with different
+    cells can share one file side by side: each adds its cells to what is on disk when it writes)."""
+    on_disk = json.loads(path.read_text()) if path.exists() else {}
+    results["cells"] = on_disk.get("cells", {}) | results["cells"]
+    write_json_atomic(path, results)
 
 
 def rewrite_markdown(path: Path) -> None:
