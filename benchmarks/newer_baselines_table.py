@@ -60,7 +60,7 @@ NGC_DEFAULTS = (
     "ngc+block:loss#sequential-shrink=1@0.2",
     "ngc+block:loss#sequential-shrink=1@0.3",
     "ngc+block:loss#sequential-shrink=1@0.4",
-    "ngc+block:uniform@0.5",
+    "ngc+block:loss#alloc-floor=0.5@0.5",
 )
 PEERS = ("svd-llm-v2", "aa-svd", "zs-svd")
 

@@ -10,6 +10,8 @@ from ngc.arch import ROLES
 from ngc.errors import UsageError
 
 ALLOCATIONS = ("uniform", "auto", "auto-energy", "v2", "zero-sum", "loss")
+#: allocations that keep each group (or matrix) at ``alloc_floor`` x its uniform rank at least
+FLOORED_ALLOCATIONS = ("auto", "auto-energy", "zero-sum", "loss")
 #: allocations that score components by the mean calibration gradient (backward passes through the whole model)
 GRADIENT_ALLOCATIONS = ("zero-sum", "loss")
 REFINE_STEPS = {"local": 50, "distill": 100, "block": 25}  # default steps per refinement mode
@@ -20,6 +22,7 @@ WHITENINGS = ("cholesky", "eigen")  # how C = S Sᵀ is factorised (SPEC §4)
 #: names none
 METHOD_DEFAULT_FIELDS: dict[str, object] = {
     "alloc": "uniform",
+    "alloc_floor": 0.0,
     "sequential": False,
     "sequential_shrink": 0.1,
     "refine": "none",
@@ -53,8 +56,8 @@ class CompressionConfig:
     roles: tuple[str, ...] = ROLES
     topology: str | None = None  # None = the method's own structure
     alloc: str | None = None  # "uniform" (each group keeps 1-R) or "auto" (greedy); None = the method's default
-    alloc_floor: float = 0.0  # auto, zero-sum and loss allocations keep at least this fraction of each group's
-    # (zero-sum, loss: each matrix's) uniform rank
+    alloc_floor: float | None = None  # auto, zero-sum and loss allocations keep at least this fraction of each
+    # group's (zero-sum, loss: each matrix's) uniform rank; None = the method's default (0; ngc: 0.5 from R = 0.5)
     sequential: bool | None = None  # fit on inputs from the compressed prefix (SPEC §4); None = method default
     sequential_shrink: float | None = None  # ridge λ of the sequential target / mean diag C̃ (0 = exact); None =
     # the method's default (0.1; ngc: 1 below R = 0.5; aa-svd: 0, its anchored objective)
@@ -155,9 +158,11 @@ def made_with(stored: Mapping[str, Any], settings: Mapping[str, Any], ratio: flo
     """Whether a stored configuration (a result's ``config``) is what ``settings`` give at ``ratio`` today: every
     field the settings name, and what the method's defaults resolve to (a result made under other defaults is
     another result). Fields a stored configuration predates are not compared, nor the ridge of an update that does
-    not run."""
+    not run, nor the floor of an allocation that has none."""
     expected = CompressionConfig(**settings, ratio=ratio).to_dict()
     defaults = [key for key in METHOD_DEFAULT_FIELDS if key in stored and key not in settings]
     if not expected["sequential"] and "sequential_shrink" in defaults:
         defaults.remove("sequential_shrink")
+    if expected["alloc"] not in FLOORED_ALLOCATIONS and "alloc_floor" in defaults:
+        defaults.remove("alloc_floor")
     return all(stored.get(key) == expected[key] for key in (*settings, "method", "ratio", *defaults))

@@ -42,17 +42,20 @@ def compress_command(
             "total; v2: SVD-LLM V2's per-role ratios from 1/log of each group's output error; zero-sum: ZS-SVD's "
             "global choice of whitened components by their first-order loss change (matrices past break-even stay "
             "dense); loss: the same rule with components ranked by loss change per parameter saved. Default: the "
-            "method's own (ngc: loss below R = 0.5 when the model is loaded whole; uniform from R = 0.5 or streamed).",
+            "method's own (ngc: loss when the model is loaded whole, with --alloc-floor 0.5 from R = 0.5; uniform "
+            "when streamed).",
         ),
     ] = None,
     alloc_floor: Annotated[
-        float,
+        float | None,
         typer.Option(
             metavar="F",
             help="With --alloc auto, zero-sum or loss: every group (zero-sum, loss: every matrix) keeps at least this "
-            "fraction of its uniform rank (0 = no floor, 1 = uniform ranks).",
+            "fraction of its uniform rank (0 = no floor, 1 = uniform ranks). Default: the method's own (ngc: 0.5 "
+            "from R = 0.5, else 0).",
+            show_default=False,
         ),
-    ] = 0.0,
+    ] = None,
     sequential: Annotated[
         bool | None,
         typer.Option(

@@ -75,9 +75,10 @@ METHODS: dict[str, Method] = {
             # the best training-free setting measured on SmolLM2 at R = 0.2 to 0.4 (README, docs/defaults.md): intra
             # groups, ranks by loss change per parameter saved, the sequential update with a ridge of 1 (0.1 fits
             # each layer to the calibration text), block-wise refinement; from R = 0.5 the first-order loss scores
-            # mislead, and uniform ranks with the nearly exact update (ridge 0.1) are better
+            # mislead where they cut a matrix far below its uniform rank: every matrix keeps half its uniform rank
+            # at least, and the nearly exact update (ridge 0.1) is better there
             {"alloc": "loss", "sequential": True, "sequential_shrink": 1.0, "refine": "block"},
-            from_ratio=(0.5, {"alloc": "uniform", "sequential_shrink": 0.1}),
+            from_ratio=(0.5, {"alloc_floor": 0.5, "sequential_shrink": 0.1}),
             # what the defaults become where they cannot run (ngc.cli.compress_source): streamed layer by layer (the
             # loss scores need the whole model: uniform ranks, with the ridge measured with them) and several
             # processes (block steps run in one)

@@ -28,3 +28,11 @@ def test_fields_a_result_predates_and_the_ridge_of_an_update_that_does_not_run_a
     old["sequential_shrink"] = 0.0
     assert made_with(old, {"method": "ngc", "sequential": False, "refine": "none"}, 0.3)
     assert not made_with(old, {"method": "ngc", "sequential": False, "refine": "none", "sequential_shrink": 1.0}, 0.3)
+
+
+def test_the_floor_is_compared_only_for_an_allocation_that_has_one():
+    uniform = stored(method="ngc", ratio=0.5, alloc="uniform", alloc_floor=0.0)
+    assert made_with(uniform, {"method": "ngc", "alloc": "uniform"}, 0.5)  # today's 0.5 floor would not act
+    unfloored = stored(method="ngc", ratio=0.5, alloc="loss", alloc_floor=0.0)
+    assert not made_with(unfloored, {"method": "ngc", "alloc": "loss"}, 0.5)  # today's default floors it
+    assert made_with(unfloored, {"method": "ngc", "alloc": "loss", "alloc_floor": 0.0}, 0.5)

@@ -19,12 +19,20 @@ def test_ngc_defaults_are_the_best_measured_combination():
     assert config.steps == 25
 
 
-def test_from_half_the_weights_removed_ngc_defaults_to_uniform_ranks():
-    assert CompressionConfig(method="ngc", ratio=0.49).alloc == "loss"
+def test_from_half_the_weights_removed_ngc_floors_the_loss_rule_at_half_the_uniform_rank():
+    low = CompressionConfig(method="ngc", ratio=0.49)
+    assert (low.alloc, low.alloc_floor, low.sequential_shrink) == ("loss", 0.0, 1.0)
     high = CompressionConfig(method="ngc", ratio=0.5)
-    assert (high.alloc, high.refine, high.sequential, high.sequential_shrink) == ("uniform", "block", True, 0.1)
+    assert (high.alloc, high.alloc_floor, high.refine, high.sequential, high.sequential_shrink) == (
+        "loss",
+        0.5,
+        "block",
+        True,
+        0.1,
+    )
     assert CompressionConfig(method="ngc", ratio=0.6, sequential_shrink=1.0).sequential_shrink == 1.0
-    assert CompressionConfig(method="ngc", ratio=0.6, alloc="loss").alloc == "loss"  # a set option is kept
+    assert CompressionConfig(method="ngc", ratio=0.6, alloc_floor=0.0).alloc_floor == 0.0  # a set option is kept
+    assert CompressionConfig(method="ngc", ratio=0.6, alloc="uniform").alloc == "uniform"
     assert CompressionConfig(method="zs-svd", ratio=0.6).alloc == "zero-sum"  # the peers keep their recipes
 
 
