@@ -163,7 +163,8 @@ def select_matrices(
         offered,
         target,
         shared_units(matrices),
-        keep_rank_ratio(config.ratio),
+        keep_rank_ratio(config.ratio) if config.alloc == "zero-sum" else 0.0,  # ZS-SVD's floor is its own; the
+        # loss rule has ``alloc_floor``
         per_parameter=config.alloc == "loss",
         floors=floors,
     )

@@ -348,3 +348,19 @@ def test_the_loss_allocation_floor_keeps_every_matrix_at_its_share_of_the_unifor
     dense = set(result.allocation.get("dense", []))
     assert ranks and all(ranks[gid] >= floors[gid] for gid in ranks if gid not in dense)
     assert 0.4 <= result.accounting.ratio_removed < 0.45
+
+
+def test_zs_svds_rank_floor_binds_its_own_rule_only():
+    # from R = 0.6 ZS-SVD keeps every matrix at 0.3 x its break-even rank, about 30 % of its weights: R = 0.9 is out
+    # of its reach; NGC's loss rule has its own floor (half the uniform rank from R = 0.5) and reaches it
+    fields = {"ratio": 0.9, "roles": ("q", "k", "v"), "refine": "none", "sequential": False}
+    with pytest.raises(UsageError, match="ZS-SVD's floor"):
+        compress(build_tiny_model("llama"), CompressionConfig(method="zs-svd", **fields), calibration())
+    config = CompressionConfig(method="ngc", **fields)
+    assert (config.alloc, config.alloc_floor) == ("loss", 0.5)
+    from ngc.topology.blocks import find_members, parse_roles
+
+    result = compress(build_tiny_model("llama"), config, calibration())
+    qkv = sum(m.m * m.n for m in find_members(build_tiny_model("llama"), parse_roles(config.roles)))
+    removed = result.accounting.decoder_linear_params_dense - result.accounting.decoder_linear_params_kept
+    assert 0.9 * qkv <= removed < 0.95 * qkv
