@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ngc.api import collect_statistics, compress
-from ngc.atomic import write_json_atomic, write_text_atomic
+from ngc.atomic import merge_json_atomic, write_text_atomic
 from ngc.config import CompressionConfig, made_with
 from ngc.data.corpora import load_corpus
 from ngc.data.windows import calibration_windows, tokenize_text
@@ -70,7 +70,7 @@ def main() -> None:
 
     if "dense" not in results:
         results["dense"] = ppl(loaded.model)
-        write_json_atomic(args.out, results)
+        results = merge_json_atomic(args.out, results, "cells")
     print(f"dense ppl {results['dense']['ppl']:.3f}", flush=True)
 
     calib = calibration_windows(loaded.tokenizer, "wikitext2", args.calib_samples, args.calib_len, args.seed, bos)
@@ -111,7 +111,7 @@ def main() -> None:
                 "device": str(loaded.model.device),
             }
             results["cells"][key] = cell
-            save_with_others(args.out, results)
+            results = merge_json_atomic(args.out, results, "cells")  # keeps cells a side-by-side run added
             print(
                 f"{key}: ppl {cell['ppl']:.3f}  R={result.accounting.ratio_removed:.4f}  "
                 f"fit {result.fit_seconds:.1f} s",
@@ -119,14 +119,6 @@ def main() -> None:
             )
             del model
     write_text_atomic(args.out.with_suffix(".md"), markdown(results))
-
-
-def save_with_others(path: Path, results: dict) -> None:
-    """Write ``results``, keeping the cells another run of the same file finished meanwhile (runs with different
-    cells can share one file side by side: each adds its cells to what is on disk when it writes)."""
-    on_disk = json.loads(path.read_text()) if path.exists() else {}
-    results["cells"] = on_disk.get("cells", {}) | results["cells"]
-    write_json_atomic(path, results)
 
 
 def rewrite_markdown(path: Path) -> None:

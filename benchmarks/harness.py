@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from ngc.api import calibration_info, collect_statistics, compress
-from ngc.atomic import write_json_atomic, write_text_atomic
+from ngc.atomic import merge_json_atomic, write_text_atomic
 from ngc.calib.collect import CalibrationStats
 from ngc.config import CompressionConfig, made_with
 from ngc.data.corpora import load_corpus
@@ -141,7 +141,7 @@ def main() -> None:
     if "dense" not in results:
         start = time.perf_counter()
         results["dense"] = measure(loaded.model, loaded, spec, tokens) | {"seconds": time.perf_counter() - start}
-        write_json_atomic(path, results)
+        results = merge_json_atomic(path, results, "cells")
     print(f"dense: {summary(results['dense'])}", flush=True)
 
     wanted = [(label, ratio) for label in spec.cells for ratio in spec.ratios]
@@ -161,7 +161,7 @@ def main() -> None:
     for label, ratio in pending:
         key = f"{label}@{ratio}"
         results["cells"][key] = run_cell(loaded, spec, label, ratio, stats, tokens, args.device)
-        write_json_atomic(path, results)
+        results = merge_json_atomic(path, results, "cells")  # keeps cells a side-by-side run (--only) added
         print(f"{key}: {summary(results['cells'][key])}", flush=True)
     report(results, out)
 

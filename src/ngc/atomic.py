@@ -51,6 +51,32 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
+@contextmanager
+def _folder_locked(folder: Path) -> Iterator[None]:
+    """Wait for, then hold, an exclusive ``flock`` on ``folder`` itself (no lock file is left behind)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def merge_json_atomic(path: str | os.PathLike[str], payload: dict[str, Any], key: str) -> dict[str, Any]:
+    """Write ``payload`` to ``path``, keeping the entries of ``payload[key]`` that another process wrote meanwhile.
+
+    For a results file that several runs add entries to side by side: each run merges its own entries (which win)
+    into what is on disk at the moment it writes, under an exclusive lock on the folder, so no run loses another's
+    entries. Returns what was written.
+    """
+    path = Path(path)
+    with _folder_locked(path.parent):
+        on_disk = json.loads(path.read_text()) if path.exists() else {}
+        merged = payload | {key: on_disk.get(key, {}) | payload.get(key, {})}
+        write_json_atomic(path, merged)
+    return merged
+
+
 # --- checks on an output folder, before any work -------------------------------------------------------------
 
 

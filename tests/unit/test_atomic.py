@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from ngc.atomic import atomic_folder, check_output_file, check_output_folder, output_lock, write_json_atomic
+from ngc.atomic import (
+    atomic_folder,
+    check_output_file,
+    check_output_folder,
+    merge_json_atomic,
+    output_lock,
+    write_json_atomic,
+)
 from ngc.errors import OutputError, UsageError
 
 
@@ -22,6 +29,29 @@ def test_json_replaces_whole_or_not_at_all(tmp_path):
         write_json_atomic(target, {"a": object()})  # not serialisable: fails before the rename
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary left behind
+
+
+def test_merge_keeps_entries_another_writer_added_and_ours_win(tmp_path):
+    target = tmp_path / "results.json"
+    mine = {"settings": {"model": "m"}, "cells": {"a": 1, "shared": "old"}}  # read when this run started
+    write_json_atomic(target, {"settings": {"model": "m"}, "cells": {"a": 1, "b": 2, "shared": "theirs"}})
+    mine["cells"]["shared"] = "mine"
+    merged = merge_json_atomic(target, mine, "cells")
+    assert merged == json.loads(target.read_text())
+    assert merged["cells"] == {"a": 1, "b": 2, "shared": "mine"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no lock or temporary file left
+
+
+def test_merge_from_many_processes_loses_no_entry(tmp_path):
+    target = tmp_path / "results.json"
+    script = (
+        "import sys; from ngc.atomic import merge_json_atomic\n"
+        "for i in range(40):\n"
+        "    merge_json_atomic(sys.argv[1], {'cells': {f'{sys.argv[2]}-{i}': i}}, 'cells')\n"
+    )
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(target), name]) for name in "abc"]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
+    assert len(json.loads(target.read_text())["cells"]) == 3 * 40
 
 
 def test_folder_survives_a_failed_rewrite(tmp_path):
