@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,6 +13,9 @@ from ngc.cli.eval_cmd import _check_json_target
 from ngc.cli.options import CacheDir, DataDir, Device, claim_output, input_paths, releases_claims
 from ngc.fit.methods import METHODS
 from ngc.topology.groups import topology_names
+
+if TYPE_CHECKING:
+    from ngc.cli.compress_run import CompressJob
 
 
 @releases_claims
@@ -229,25 +233,14 @@ def compress_command(
       ngc compress smollm2-135m --method svd-llm --ratio 0.3 --out smol-svdllm-30
       ngc compress smollm2-135m --method basis-sharing --ratio 0.2 --calib-samples 64 --out smol-bs-20
       ngc compress smollm2-135m --method ngc --topology intra --ratio 0.3 --dry-run
-      ngc compress smollm2-135m --method ngc --topology intra --alloc auto --sequential --ratio 0.3 --out smol-ngc
+      ngc compress smollm2-135m --method ngc --ratio 0.3 --calib-samples 64 --out smol-ngc
       ngc compress smollm2-135m --method ngc --ratio 0.5 --factor-dtype int8 --out smol-ngc-50-int8
     """
-    from ngc.checkpoint.manifest import is_checkpoint
-    from ngc.checkpoint.save import check_target
-    from ngc.cli.compress_run import CompressJob, check_pipeline_options, run_compression
+    from ngc.cli.compress_run import CompressJob, run_compression
     from ngc.config import CalibConfig, CompressionConfig
-    from ngc.data.windows import (
-        calibration_text,
-        check_calibration_request,
-    )
-    from ngc.errors import UsageError
-    from ngc.fit.methods import get_method
     from ngc.models.load import parse_dtype
-    from ngc.modules.int8 import INT8, check_factor_dtype, check_int8_support
-    from ngc.pipeline.distributed import launch_rank
     from ngc.topology.blocks import parse_roles
 
-    # Everything that needs no model is checked first: flags, output paths, calibration data.
     config = CompressionConfig(
         method=method,
         ratio=ratio,
@@ -272,55 +265,70 @@ def compress_command(
         rank_multiple=rank_multiple,
         whitening=whitening,
     )
-    calib_config = CalibConfig(calib, calib_samples, calib_len, seed)
-    parse_dtype(dtype)
-    stored_dtype = parse_dtype(save_dtype) if save_dtype else None
-    if check_factor_dtype(factor_dtype) == INT8:  # torchao present, and its kernels run here (before any output)
-        check_int8_support(device, (parse_dtype(dtype), stored_dtype or parse_dtype(dtype)))
-    _check_json_target(json_out)
-    if out is None and not dry_run:
+    job = CompressJob(
+        model=model,
+        config=config,
+        calib=CalibConfig(calib, calib_samples, calib_len, seed),
+        text=None,
+        refine_text=None,
+        out=out,
+        json_out=json_out,
+        dtype=dtype,
+        save_dtype=parse_dtype(save_dtype) if save_dtype else None,
+        factor_dtype=factor_dtype,
+        device=device,
+        cache=cache,
+        force=force,
+        dry_run=dry_run,
+        stream=stream,
+        batch_size=calib_batch,
+        precision=stats_precision,
+        hidden_on=hidden_on,
+        given=frozenset(
+            name
+            for name, value in (("alloc", alloc), ("refine", refine), ("sequential_shrink", sequential_shrink))
+            if value is not None
+        ),
+    )
+    run_compression(_checked(job, data_dir))
+
+
+def _checked(job: CompressJob, data_dir: Path | None) -> CompressJob:
+    """``job`` with its calibration and distillation texts, after everything that needs no model was checked:
+    dtypes, output paths, the input, the data. The calibration text stays None when the method needs none, or on
+    --dry-run; the distillation text without distillation."""
+    from ngc.checkpoint.manifest import is_checkpoint
+    from ngc.checkpoint.save import check_target
+    from ngc.cli.compress_run import check_pipeline_options
+    from ngc.data.windows import calibration_text, check_calibration_request
+    from ngc.errors import UsageError
+    from ngc.fit.methods import get_method
+    from ngc.models.load import parse_dtype
+    from ngc.modules.int8 import INT8, check_factor_dtype, check_int8_support
+    from ngc.pipeline.distributed import launch_rank
+
+    config, calib, out = job.config, job.calib, job.out
+    parse_dtype(job.dtype)
+    if check_factor_dtype(job.factor_dtype) == INT8:  # torchao present, and its kernels run here (before any output)
+        check_int8_support(job.device, (parse_dtype(job.dtype), job.save_dtype or parse_dtype(job.dtype)))
+    _check_json_target(job.json_out)
+    if out is None and not job.dry_run:
         raise UsageError("no --out folder given", hint="add --out DIR (or --dry-run to only see the plan)")
     if out is not None and launch_rank() == 0:  # under torchrun only rank 0 writes
         claim_output(out)
-        check_target(out, force, inputs=input_paths(model))
-    if Path(model).expanduser().is_dir() and is_checkpoint(Path(model).expanduser()):
-        raise UsageError(f"{model} is already a compressed checkpoint", hint="compress the original dense model")
-    needs_data = get_method(method).needs_moments or get_method(method).needs_fisher or config.refine != "none"
-    check_pipeline_options(calib_batch, stats_precision, hidden_on)
-    text = calibration_text(calib_config.source, data_dir) if needs_data and not dry_run else None
+        check_target(out, job.force, inputs=input_paths(job.model))
+    if Path(job.model).expanduser().is_dir() and is_checkpoint(Path(job.model).expanduser()):
+        raise UsageError(f"{job.model} is already a compressed checkpoint", hint="compress the original dense model")
+    method = get_method(config.method)
+    needs_data = method.needs_moments or method.needs_fisher or config.refine != "none"
+    check_pipeline_options(job.batch_size, job.precision, job.hidden_on)
+    text = calibration_text(calib.source, data_dir) if needs_data and not job.dry_run else None
     if text is not None:
-        check_calibration_request(calib_config.n_windows, calib_config.window_len, text.text)
+        check_calibration_request(calib.n_windows, calib.window_len, text.text)
     refine_text = None
-    if config.refines("distill") and not dry_run:
+    if config.refines("distill") and not job.dry_run:
         from ngc.refine.options import distill_options
 
-        distill_options(config, calib_config.window_len)  # a budget smaller than one step is refused here
-        refine_text = text if refine_data is None else calibration_text(refine_data, data_dir)
-
-    run_compression(
-        CompressJob(
-            model=model,
-            config=config,
-            calib=calib_config,
-            text=text,
-            refine_text=refine_text,
-            out=out,
-            json_out=json_out,
-            dtype=dtype,
-            save_dtype=stored_dtype,
-            factor_dtype=factor_dtype,
-            device=device,
-            cache=cache,
-            force=force,
-            dry_run=dry_run,
-            stream=stream,
-            batch_size=calib_batch,
-            precision=stats_precision,
-            hidden_on=hidden_on,
-            given=frozenset(
-                name
-                for name, value in (("alloc", alloc), ("refine", refine), ("sequential_shrink", sequential_shrink))
-                if value is not None
-            ),
-        )
-    )
+        distill_options(config, calib.window_len)  # a budget smaller than one step is refused here
+        refine_text = text if config.refine_data is None else calibration_text(config.refine_data, data_dir)
+    return replace(job, text=text, refine_text=refine_text)
