@@ -51,6 +51,8 @@ class Spec:
     perplexity: dict[str, Any] | None = None  # {"len": 2048, "windows": 16}
     tasks: dict[str, Any] | None = None  # {"names": "arc_easy,piqa", "limit": 200, "batch_size": 8}
     speed: dict[str, Any] | None = None  # {"shapes": "4x512", "decode": "1x128+32", "repeats": 3, "threads": 2}
+    # another spec's results folder whose dense row, measured under the same settings, this one reuses
+    dense_from: str | None = None
 
     @classmethod
     def read(cls, path: Path) -> Spec:
@@ -138,6 +140,9 @@ def main() -> None:
     if spec.perplexity:
         test = load_corpus(spec.perplexity.get("corpus", "wikitext2"), spec.perplexity.get("split", "test"))
         tokens = tokenize_text(loaded.tokenizer, test.text)
+    if "dense" not in results and spec.dense_from:
+        results["dense"] = reused_dense(spec, out.parent / spec.dense_from / "results.json")
+        results = merge_json_atomic(path, results, "cells")
     if "dense" not in results:
         start = time.perf_counter()
         results["dense"] = measure(loaded.model, loaded, spec, tokens) | {"seconds": time.perf_counter() - start}
@@ -164,6 +169,19 @@ def main() -> None:
         results = merge_json_atomic(path, results, "cells")  # keeps cells a side-by-side run (--only) added
         print(f"{key}: {summary(results['cells'][key])}", flush=True)
     report(results, out)
+
+
+def reused_dense(spec: Spec, other: Path) -> dict[str, Any]:
+    """The dense row of ``other`` (a results.json), which must have been measured under this spec's settings."""
+    if not other.is_file():
+        raise SystemExit(f"dense_from: {other} does not exist; run that spec first, or remove dense_from")
+    measured = json.loads(other.read_text())
+    if measured.get("settings") != spec.settings() or "dense" not in measured:
+        raise SystemExit(
+            f"dense_from: {other} was measured with other settings ({measured.get('settings')}) or has no dense "
+            "row; its model, calibration, perplexity, tasks and speed must equal this spec's"
+        )
+    return measured["dense"] | {"from": str(other.parent.name)}
 
 
 def run_cell(
@@ -269,6 +287,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{calib.get('source')} {calib.get('split')}, seed {calib.get('seed')}.",
         "",
     ]
+    if "from" in dense:
+        lines += [f"The dense row was measured by the spec {dense['from']}, under the same settings.", ""]
     if s["perplexity"]:
         p = dense["ppl"]
         lines += [

@@ -93,6 +93,21 @@ def test_every_shipped_spec_reads_and_names_its_results_folder(path):
     assert spec.name == path.stem and spec.cells and spec.ratios
 
 
+def test_a_dense_row_is_reused_only_from_results_of_the_same_settings(tmp_path):
+    harness = _harness()
+    spec = harness.Spec(name="t", model="m", ratios=[0.3], cells={"ngc": {"method": "ngc"}}, dense_from="other")
+    other = tmp_path / "other" / "results.json"
+    with pytest.raises(SystemExit, match="does not exist"):
+        harness.reused_dense(spec, other)
+    other.parent.mkdir()
+    dense = {"mean_acc": 0.41, "tasks": {}}
+    other.write_text(json.dumps({"settings": spec.settings() | {"tasks": {"limit": 100}}, "dense": dense}))
+    with pytest.raises(SystemExit, match="other settings"):
+        harness.reused_dense(spec, other)
+    other.write_text(json.dumps({"settings": spec.settings(), "dense": dense}))
+    assert harness.reused_dense(spec, other) == dense | {"from": "other"}
+
+
 def test_a_refused_cell_is_recorded_and_the_run_goes_on(tmp_path, tiny_folders, data_dir, monkeypatch):
     monkeypatch.setenv("NGC_DATA_DIR", str(data_dir))
     cells = "cells:\n  zs-svd: {method: zs-svd, roles: [q, k, v]}\n  svd-llm: {method: svd-llm, roles: [q, k, v]}\n"
