@@ -135,14 +135,15 @@ def main() -> None:
     if spec.speed and spec.speed.get("threads"):
         torch.set_num_threads(int(spec.speed["threads"]))
 
+    if "dense" not in results and spec.dense_from:
+        results["dense"] = reused_dense(spec, out.parent / spec.dense_from / "results.json")
+        results = merge_json_atomic(path, results, "cells")
+
     loaded = load_model(spec.model, device=args.device)
     tokens = None
     if spec.perplexity:
         test = load_corpus(spec.perplexity.get("corpus", "wikitext2"), spec.perplexity.get("split", "test"))
         tokens = tokenize_text(loaded.tokenizer, test.text)
-    if "dense" not in results and spec.dense_from:
-        results["dense"] = reused_dense(spec, out.parent / spec.dense_from / "results.json")
-        results = merge_json_atomic(path, results, "cells")
     if "dense" not in results:
         start = time.perf_counter()
         results["dense"] = measure(loaded.model, loaded, spec, tokens) | {"seconds": time.perf_counter() - start}

@@ -308,9 +308,9 @@ def _checked(job: CompressJob, data_dir: Path | None) -> CompressJob:
     from ngc.pipeline.distributed import launch_rank
 
     config, calib, out = job.config, job.calib, job.out
-    parse_dtype(job.dtype)
+    compute_dtype = parse_dtype(job.dtype)
     if check_factor_dtype(job.factor_dtype) == INT8:  # torchao present, and its kernels run here (before any output)
-        check_int8_support(job.device, (parse_dtype(job.dtype), job.save_dtype or parse_dtype(job.dtype)))
+        check_int8_support(job.device, (compute_dtype, job.save_dtype or compute_dtype))
     _check_json_target(job.json_out)
     if out is None and not job.dry_run:
         raise UsageError("no --out folder given", hint="add --out DIR (or --dry-run to only see the plan)")
