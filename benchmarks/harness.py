@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 
-from ngc.api import calibration_info, collect_statistics, compress
+from ngc.api import calibration_info, collect_statistics, compress, plan
 from ngc.atomic import merge_json_atomic, write_text_atomic
 from ngc.calib.collect import CalibrationStats
 from ngc.config import CompressionConfig, made_with
@@ -156,6 +156,13 @@ def main() -> None:
         wanted = [(label, ratio) for label, ratio in wanted if f"{label}@{ratio}" in keep]
     refuse_changed_cells(results["cells"], spec, path)
     pending = [(label, ratio) for label, ratio in wanted if f"{label}@{ratio}" not in results["cells"]]
+    for label, ratio in list(pending):  # refusals that need no data are recorded before the statistics pass
+        refused = refused_by_plan(loaded, spec, label, ratio, args.device)
+        if refused is not None:
+            pending.remove((label, ratio))
+            results["cells"][f"{label}@{ratio}"] = refused
+            results = merge_json_atomic(path, results, "cells")
+            print(f"{label}@{ratio}: {summary(refused)}", flush=True)
     if pending:
         c = spec.calibration
         calib = calibration_windows(
@@ -183,6 +190,16 @@ def reused_dense(spec: Spec, other: Path) -> dict[str, Any]:
             "row; its model, calibration, perplexity, tasks and speed must equal this spec's"
         )
     return measured["dense"] | {"from": str(other.parent.name)}
+
+
+def refused_by_plan(loaded: LoadedModel, spec: Spec, label: str, ratio: float, device: str) -> dict[str, Any] | None:
+    """The cell as refused when its plan alone (shapes, roles, budget) is already refused; else None."""
+    config = CompressionConfig(**spec.cells[label], ratio=ratio)
+    try:
+        plan(loaded.model, config)
+    except UsageError as error:
+        return {"label": label, "ratio": ratio, "config": config.to_dict(), "device": device, "refused": str(error)}
+    return None
 
 
 def run_cell(

@@ -32,7 +32,15 @@ from ngc.fit.allocate import uniform_rank, v2_ranks
 from ngc.fit.closed_form import spectrum
 from ngc.fit.methods import Method, group_transform
 from ngc.fit.whiten import Transform
-from ngc.fit.zero_sum import Selection, candidates, component_scores, keep_rank_ratio, zero_sum_select
+from ngc.fit.zero_sum import (
+    Candidates,
+    Selection,
+    candidates,
+    check_reachable,
+    component_scores,
+    keep_rank_ratio,
+    zero_sum_select,
+)
 from ngc.pipeline.fitting import member_weight
 from ngc.progress import progress
 from ngc.topology.blocks import Member
@@ -157,18 +165,40 @@ def select_matrices(
             [member_weight(model, member)], [gradients[member.id]], _transform(method, matrix, moments, config)
         )
         offered[matrix.id] = candidates(scores, member.m + member.n, member.m * member.n)
-    target = round(config.ratio * sum(m.m * m.n for m in members))
-    floors = {g.id: math.ceil(config.alloc_floor * uniform_rank(g, config.ratio)) for g in matrices}
+    budget = _SelectionBudget.of(matrices, config)
     selection = zero_sum_select(
-        offered,
-        target,
-        shared_units(matrices),
-        keep_rank_ratio(config.ratio) if config.alloc == "zero-sum" else 0.0,  # ZS-SVD's floor is its own; the
-        # loss rule has ``alloc_floor``
-        per_parameter=config.alloc == "loss",
-        floors=floors,
+        offered, budget.target, budget.units, budget.keep_rank_ratio, config.alloc == "loss", budget.floors
     )
-    return MatrixSelection(selection, config.alloc, target, seconds)
+    return MatrixSelection(selection, config.alloc, budget.target, seconds)
+
+
+@dataclass(frozen=True)
+class _SelectionBudget:
+    """What the zero-sum / loss selection over ``matrices`` must save, and the ranks it may not go below."""
+
+    target: int  # parameters the ratio asks to remove
+    units: dict[str, str]  # matrices that stay dense together
+    keep_rank_ratio: float  # ZS-SVD's floor (a fraction of the break-even rank); the loss rule has ``alloc_floor``
+    floors: dict[str, int]  # ``alloc_floor`` x each matrix's uniform rank
+
+    @classmethod
+    def of(cls, matrices: Sequence[Group], config: CompressionConfig) -> _SelectionBudget:
+        return cls(
+            target=round(config.ratio * sum(g.members[0].m * g.members[0].n for g in matrices)),
+            units=shared_units(matrices),
+            keep_rank_ratio=keep_rank_ratio(config.ratio) if config.alloc == "zero-sum" else 0.0,
+            floors={g.id: math.ceil(config.alloc_floor * uniform_rank(g, config.ratio)) for g in matrices},
+        )
+
+
+def check_selection_budget(members: Sequence[Member], config: CompressionConfig) -> None:
+    """Refuse, from the shapes alone (before statistics or gradients), a ratio the selection cannot reach."""
+    matrices = [Group((m,)) for m in members]
+    budget = _SelectionBudget.of(matrices, config)
+    shapes = {
+        g.id: Candidates((0.0,) * min(m.m, m.n), m.m + m.n, m.m * m.n) for g, m in zip(matrices, members, strict=True)
+    }
+    check_reachable(shapes, budget.target, budget.units, budget.keep_rank_ratio, budget.floors)
 
 
 def regroup_selection(groups: Sequence[Group], selected: MatrixSelection) -> Allocation:

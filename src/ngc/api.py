@@ -13,7 +13,14 @@ import torch
 from torch import nn
 
 from ngc.accounting import Accounting, account
-from ngc.allocation import Allocation, allocate_v2, allocate_zero_sum, regroup_selection, select_matrices
+from ngc.allocation import (
+    Allocation,
+    allocate_v2,
+    allocate_zero_sum,
+    check_selection_budget,
+    regroup_selection,
+    select_matrices,
+)
 from ngc.calib.collect import CalibrationStats
 from ngc.calib.fisher import fisher_information
 from ngc.calib.moments import InputMoments
@@ -130,6 +137,8 @@ def plan(model: nn.Module, config: CompressionConfig) -> tuple[Method, list[Memb
             f"ratio {config.ratio} leaves no rank for {len(empty)} group(s): {', '.join(empty[:6])}",
             hint="use a lower --ratio (these blocks are too small to keep any rank)",
         )
+    if config.alloc in GRADIENT_ALLOCATIONS:  # refused now rather than after calibration and the gradient pass
+        check_selection_budget(members, config)
     return method, members, groups, ranks
 
 

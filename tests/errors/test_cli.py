@@ -242,6 +242,26 @@ def test_compress_refuses_a_topology_for_a_baseline_and_a_partial_fused_module(c
     assert_clean_error(err, "unknown topology 'ring'", "cross-N")
 
 
+def test_an_unreachable_zero_sum_budget_is_refused_from_the_shapes_alone(
+    capsys, tiny_folders, data_dir, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("NGC_DATA_DIR", raising=False)  # --dry-run reads no data: the refusal needs none
+    args = ("compress", str(tiny_folders["llama"]), "--method", "zs-svd", "--roles", "q,k,v", "--ratio", "0.9")
+    code, _, err = ngc(capsys, *args, "--dry-run")
+    assert code == 2
+    assert_clean_error(err, "cannot save", "break-even rank", "--ratio")
+
+    def no_statistics(*_args, **_kwargs):
+        raise AssertionError("calibration statistics were collected for a refused budget")
+
+    monkeypatch.setattr("ngc.pipeline.run.calibrate_layer", no_statistics)
+    out = tmp_path / "never-written"
+    code, _, err = ngc(capsys, *args, "--data-dir", str(data_dir), "--out", str(out))
+    assert code == 2
+    assert_clean_error(err, "cannot save")
+    assert not out.exists()
+
+
 def test_compress_refuses_a_checkpoint_and_eval_refuses_a_damaged_one(capsys, tiny_folders, tmp_path, text_file):
     out = tmp_path / "ckpt"
     assert ngc(capsys, "compress", str(tiny_folders["llama"]), "--method", "svd", "--out", str(out))[0] == 0

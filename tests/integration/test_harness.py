@@ -111,6 +111,7 @@ def test_a_dense_row_is_reused_only_from_results_of_the_same_settings(tmp_path):
 def test_a_refused_cell_is_recorded_and_the_run_goes_on(tmp_path, tiny_folders, data_dir, monkeypatch):
     monkeypatch.setenv("NGC_DATA_DIR", str(data_dir))
     cells = "cells:\n  zs-svd: {method: zs-svd, roles: [q, k, v]}\n  svd-llm: {method: svd-llm, roles: [q, k, v]}\n"
+    cells_text = "cells:\n  zs-svd: {method: zs-svd, roles: [q, k, v]}\n"
     spec = _tiny_spec(tmp_path, "refused", tiny_folders["llama"], "ratios: [0.9]\n" + cells)
     out = tmp_path / "results"
     harness = _harness()
@@ -124,3 +125,10 @@ def test_a_refused_cell_is_recorded_and_the_run_goes_on(tmp_path, tiny_folders, 
 
     harness.main()  # a rerun keeps the refusal instead of trying again
     assert json.loads((out / "results.json").read_text())["cells"] == cells
+
+    only_refused = _tiny_spec(tmp_path, "only_refused", tiny_folders["llama"], "ratios: [0.9]\n" + cells_text)
+    monkeypatch.setattr(sys, "argv", ["harness.py", str(only_refused), "--out", str(tmp_path / "only")])
+    harness.main()
+    results = json.loads((tmp_path / "only" / "results.json").read_text())
+    assert "cannot save" in results["cells"]["zs-svd@0.9"]["refused"]
+    assert "calibration" not in results  # refused from its plan: no statistics were collected for it

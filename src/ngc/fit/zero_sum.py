@@ -88,6 +88,53 @@ def keep_rank_ratio(ratio: float) -> float:
     return 0.3 if ratio >= 0.6 else 0.0
 
 
+def _units(groups: Mapping[str, Candidates], units: Mapping[str, str] | None) -> dict[str, list[str]]:
+    """Each unit's member groups (a group is its own unit unless ``units`` names another)."""
+    members: dict[str, list[str]] = {}
+    for gid in groups:
+        members.setdefault((units or {}).get(gid, gid), []).append(gid)
+    return members
+
+
+def floor_ranks(
+    groups: Mapping[str, Candidates], keep_rank_ratio: float = 0.0, floors: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """The lowest rank the selection may leave each group at (capped at its full rank)."""
+    return {
+        gid: min(c.full_rank, max(c.min_rank(keep_rank_ratio), (floors or {}).get(gid, 0))) for gid, c in groups.items()
+    }
+
+
+def check_reachable(
+    groups: Mapping[str, Candidates],
+    target_saved: int,
+    units: Mapping[str, str] | None = None,
+    keep_rank_ratio: float = 0.0,
+    floors: Mapping[str, int] | None = None,
+) -> None:
+    """Raise :class:`UsageError` when every group at its floor rank still saves less than ``target_saved``.
+
+    Needs only the groups' shapes (their scores are not read), so callers can check a budget before any
+    statistics or gradients are collected.
+    """
+    lowest = floor_ranks(groups, keep_rank_ratio, floors)
+    most = sum(
+        max(0, sum(groups[g].dense - lowest[g] * groups[g].cost for g in unit))
+        for unit in _units(groups, units).values()
+    )
+    if most < target_saved:
+        floor = (
+            f" with every matrix kept at {keep_rank_ratio:g} x its break-even rank or more (ZS-SVD's floor)"
+            if keep_rank_ratio > 0
+            else ""
+        )
+        raise UsageError(
+            f"the zero-sum selection cannot save {target_saved} parameters: dropping every component{floor} "
+            f"saves {most}",
+            hint="use a lower --ratio (the groups' break-even ranks leave too little to remove)",
+        )
+
+
 def zero_sum_select(
     groups: Mapping[str, Candidates],
     target_saved: int,
@@ -104,19 +151,16 @@ def zero_sum_select(
     minimum rank further (capped at its full rank). Raises :class:`UsageError`
     when dropping every droppable component still saves too little.
     """
-    unit_of = {gid: (units or {}).get(gid, gid) for gid in groups}
-    members: dict[str, list[str]] = {}
-    for gid, unit in unit_of.items():
-        members.setdefault(unit, []).append(gid)
+    check_reachable(groups, target_saved, units, keep_rank_ratio, floors)
+    members = _units(groups, units)
+    unit_of = {gid: unit for unit, gids in members.items() for gid in gids}
     ranks = {gid: c.full_rank for gid, c in groups.items()}
 
     def unit_saved(unit: str) -> int:
         return max(0, sum(groups[g].dense - ranks[g] * groups[g].cost for g in members[unit]))
 
     dropped = dict.fromkeys(groups, 0)
-    floors = {
-        gid: min(c.full_rank, max(c.min_rank(keep_rank_ratio), (floors or {}).get(gid, 0))) for gid, c in groups.items()
-    }
+    floors = floor_ranks(groups, keep_rank_ratio, floors)
     negative: list[tuple[float, float, str]] = []  # (|ΔL| [/ cost], ΔL, group): the one nearest zero pops first
     positive: list[tuple[float, float, str]] = []
 
@@ -130,18 +174,7 @@ def zero_sum_select(
         offer(gid)
     saved = sum(unit_saved(unit) for unit in members)
     running = 0.0
-    while saved < target_saved:
-        if not negative and not positive:
-            floor = (
-                f" with every matrix kept at {keep_rank_ratio:g} x its break-even rank or more (ZS-SVD's floor)"
-                if keep_rank_ratio > 0
-                else ""
-            )
-            raise UsageError(
-                f"the zero-sum selection cannot save {target_saved} parameters: dropping every component{floor} "
-                f"saves {saved}",
-                hint="use a lower --ratio (the groups' break-even ranks leave too little to remove)",
-            )
+    while saved < target_saved:  # reachable (checked above): a candidate is left until the budget is met
         heap = negative if (running > 0 and negative) or not positive else positive
         _, score, gid = heapq.heappop(heap)
         before = unit_saved(unit_of[gid])

@@ -11,7 +11,14 @@ from ngc.errors import UsageError
 from ngc.fit.allocate import break_even_rank, uniform_rank, v2_ranks, v2_ratios
 from ngc.fit.closed_form import fit_group
 from ngc.fit.whiten import whitening
-from ngc.fit.zero_sum import Candidates, candidates, component_scores, keep_rank_ratio, zero_sum_select
+from ngc.fit.zero_sum import (
+    Candidates,
+    candidates,
+    check_reachable,
+    component_scores,
+    keep_rank_ratio,
+    zero_sum_select,
+)
 from ngc.topology.blocks import Member
 from ngc.topology.groups import Group
 
@@ -218,6 +225,33 @@ def test_impossible_budget_names_the_fix():
     assert "--ratio" in str(info.value) and "floor" not in str(info.value)
     with pytest.raises(UsageError, match="0.3 x its break-even rank or more"):  # the floor is named when it binds
         zero_sum_select({"a": Candidates((0.1,) * 10, cost=10, dense=100)}, target_saved=95, keep_rank_ratio=0.3)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_shape_only_check_refuses_exactly_the_budgets_the_selection_cannot_reach(seed):
+    g = torch.Generator().manual_seed(seed)
+    groups = {}
+    for i in range(4):
+        m, n = (int(x) for x in torch.randint(2, 12, (2,), generator=g))
+        scores = tuple(float(x) for x in torch.randn(min(m, n), generator=g))
+        groups[f"g{i}"] = Candidates(scores, cost=m + n, dense=m * n)
+    units = {"g2": "u", "g3": "u"}
+    ratio = 0.3 * seed % 1  # 0 (no ZS-SVD floor) or 0.3
+    floors = {"g0": 2}
+    # the most the selection can save, by hand: every group at max(⌈ratio · r*⌉, its floor), capped at full rank
+    lowest = {k: min(c.full_rank, max(c.min_rank(ratio), floors.get(k, 0))) for k, c in groups.items()}
+    per_unit = {}
+    for k, c in groups.items():
+        per_unit[units.get(k, k)] = per_unit.get(units.get(k, k), 0) + c.dense - lowest[k] * c.cost
+    most = sum(max(0, v) for v in per_unit.values())
+    if most > 0:
+        check_reachable(groups, most, units, ratio, floors)
+        selection = zero_sum_select(groups, most, units, ratio, floors=floors)
+        assert selection.saved >= most
+    with pytest.raises(UsageError, match=f"saves {most}"):
+        check_reachable(groups, most + 1, units, ratio, floors)
+    with pytest.raises(UsageError, match=f"saves {most}"):
+        zero_sum_select(groups, most + 1, units, ratio, floors=floors)
 
 
 def test_groups_of_one_unit_stay_dense_together():
