@@ -290,6 +290,15 @@ def _entry(cell: dict[str, Any] | None, value) -> str:
     return "refused" if "refused" in cell else value(cell)
 
 
+def _calibration(results: dict[str, Any]) -> str:
+    """The calibration the cells saw; the spec's request while no cell has collected statistics yet."""
+    if "calibration" in results:
+        c = results["calibration"]
+        return f"{c['n_windows']} x {c['window_len']} tokens of {c['source']} {c['split']}, seed {c['seed']}"
+    c = results["settings"]["calibration"]
+    return f"{c['samples']} x {c['len']} tokens of {c.get('source', 'wikitext2')}, seed {c['seed']}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     """Tables of the results: perplexity, every task, mean accuracy, speed-up, accounting."""
     s, dense, cells = results["settings"], results["dense"], results["cells"]
@@ -299,12 +308,7 @@ def markdown(results: dict[str, Any]) -> str:
     ratios = sorted({cell["ratio"] for cell in cells.values()})
     dense_row = [("dense", dict.fromkeys(ratios, dense))]
     rows = dense_row + list(by_label.items())
-    calib = results.get("calibration", {})
-    lines = [
-        f"Model {s['model']}, float32. Calibration: {calib.get('n_windows')} x {calib.get('window_len')} tokens of "
-        f"{calib.get('source')} {calib.get('split')}, seed {calib.get('seed')}.",
-        "",
-    ]
+    lines = [f"Model {s['model']}, float32. Calibration: {_calibration(results)}.", ""]
     if "from" in dense:
         lines += [f"The dense row was measured by the spec {dense['from']}, under the same settings.", ""]
     if s["perplexity"]:
