@@ -132,3 +132,4 @@ def test_a_refused_cell_is_recorded_and_the_run_goes_on(tmp_path, tiny_folders, 
     results = json.loads((tmp_path / "only" / "results.json").read_text())
     assert "cannot save" in results["cells"]["zs-svd@0.9"]["refused"]
     assert "calibration" not in results  # refused from its plan: no statistics were collected for it
+    assert "Calibration: 4 x 32 tokens of wikitext2, seed 0." in (tmp_path / "only" / "results.md").read_text()
