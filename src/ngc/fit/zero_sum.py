@@ -111,8 +111,9 @@ def check_reachable(
     units: Mapping[str, str] | None = None,
     keep_rank_ratio: float = 0.0,
     floors: Mapping[str, int] | None = None,
-) -> None:
-    """Raise :class:`UsageError` when every group at its floor rank still saves less than ``target_saved``.
+) -> dict[str, int]:
+    """Raise :class:`UsageError` when every group at its floor rank still saves less than ``target_saved``; else
+    return those floor ranks (:func:`floor_ranks`).
 
     Needs only the groups' shapes (their scores are not read), so callers can check a budget before any
     statistics or gradients are collected.
@@ -133,6 +134,7 @@ def check_reachable(
             f"saves {most}",
             hint="use a lower --ratio (the groups' break-even ranks leave too little to remove)",
         )
+    return lowest
 
 
 def zero_sum_select(
@@ -151,7 +153,7 @@ def zero_sum_select(
     minimum rank further (capped at its full rank). Raises :class:`UsageError`
     when dropping every droppable component still saves too little.
     """
-    check_reachable(groups, target_saved, units, keep_rank_ratio, floors)
+    floors = check_reachable(groups, target_saved, units, keep_rank_ratio, floors)
     members = _units(groups, units)
     unit_of = {gid: unit for unit, gids in members.items() for gid in gids}
     ranks = {gid: c.full_rank for gid, c in groups.items()}
@@ -160,7 +162,6 @@ def zero_sum_select(
         return max(0, sum(groups[g].dense - ranks[g] * groups[g].cost for g in members[unit]))
 
     dropped = dict.fromkeys(groups, 0)
-    floors = floor_ranks(groups, keep_rank_ratio, floors)
     negative: list[tuple[float, float, str]] = []  # (|ΔL| [/ cost], ΔL, group): the one nearest zero pops first
     positive: list[tuple[float, float, str]] = []
 
