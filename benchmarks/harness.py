@@ -194,12 +194,18 @@ def reused_dense(spec: Spec, other: Path) -> dict[str, Any]:
 
 def refused_by_plan(loaded: LoadedModel, spec: Spec, label: str, ratio: float, device: str) -> dict[str, Any] | None:
     """The cell as refused when its plan alone (shapes, roles, budget) is already refused; else None."""
-    config = CompressionConfig(**spec.cells[label], ratio=ratio)
+    config, cell = cell_header(spec, label, ratio, device)
     try:
         plan(loaded.model, config)
     except UsageError as error:
-        return {"label": label, "ratio": ratio, "config": config.to_dict(), "device": device, "refused": str(error)}
+        return cell | {"refused": str(error)}
     return None
+
+
+def cell_header(spec: Spec, label: str, ratio: float, device: str) -> tuple[CompressionConfig, dict[str, Any]]:
+    """One cell's configuration, and the entries every recorded cell starts with (refused or measured)."""
+    config = CompressionConfig(**spec.cells[label], ratio=ratio)
+    return config, {"label": label, "ratio": ratio, "config": config.to_dict(), "device": device}
 
 
 def run_cell(
@@ -217,8 +223,7 @@ def run_cell(
     ``refused`` reason, so one infeasible cell neither stops the run nor is retried by the next one.
     """
     start = time.perf_counter()
-    config = CompressionConfig(**spec.cells[label], ratio=ratio)
-    cell: dict[str, Any] = {"label": label, "ratio": ratio, "config": config.to_dict(), "device": device}
+    config, cell = cell_header(spec, label, ratio, device)
     model = copy.deepcopy(loaded.model)
     try:
         result = compress(model, config, stats)

@@ -35,7 +35,6 @@ from ngc.fit.whiten import Transform
 from ngc.fit.zero_sum import (
     Candidates,
     Selection,
-    candidates,
     check_reachable,
     component_scores,
     keep_rank_ratio,
@@ -164,7 +163,7 @@ def select_matrices(
         _sigma, scores = component_scores(
             [member_weight(model, member)], [gradients[member.id]], _transform(method, matrix, moments, config)
         )
-        offered[matrix.id] = candidates(scores, member.m + member.n, member.m * member.n)
+        offered[matrix.id] = Candidates.of_matrix(member.m, member.n, scores)
     budget = _SelectionBudget.of(matrices, config)
     selection = zero_sum_select(
         offered, budget.target, budget.units, budget.keep_rank_ratio, config.alloc == "loss", budget.floors
@@ -195,9 +194,7 @@ def check_selection_budget(members: Sequence[Member], config: CompressionConfig)
     """Refuse, from the shapes alone (before statistics or gradients), a ratio the selection cannot reach."""
     matrices = [Group((m,)) for m in members]
     budget = _SelectionBudget.of(matrices, config)
-    shapes = {
-        g.id: Candidates((0.0,) * min(m.m, m.n), m.m + m.n, m.m * m.n) for g, m in zip(matrices, members, strict=True)
-    }
+    shapes = {g.id: Candidates.of_matrix(m.m, m.n) for g, m in zip(matrices, members, strict=True)}
     check_reachable(shapes, budget.target, budget.units, budget.keep_rank_ratio, budget.floors)
 
 

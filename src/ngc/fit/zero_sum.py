@@ -41,6 +41,16 @@ class Candidates:
     cost: int  # parameters per rank unit: Σ_s m_s + n
     dense: int  # parameters of the dense members: Σ_s m_s · n
 
+    @classmethod
+    def of_matrix(cls, m: int, n: int, scores_by_sigma: torch.Tensor | None = None) -> Candidates:
+        """One ``m x n`` matrix's candidates from its ΔL in descending-σ order (dropped from the last).
+
+        Without scores every ΔL is 0: the shape alone, enough for :func:`check_reachable`.
+        """
+        if scores_by_sigma is None:
+            return cls((0.0,) * min(m, n), m + n, m * n)
+        return cls(tuple(float(x) for x in scores_by_sigma.flip(0)), m + n, m * n)
+
     @property
     def full_rank(self) -> int:
         return len(self.scores)
@@ -76,11 +86,6 @@ def component_scores(
     H = transform.gradient(G)  # (M, n): the gradient w.r.t. W S
     projected = (U * (H @ Vh.T)).sum(dim=0)  # (r,): u_iᵀ H v_i
     return sigma, -sigma * projected
-
-
-def candidates(scores_by_sigma: torch.Tensor, cost: int, dense: int) -> Candidates:
-    """A group's candidates from its ΔL in descending-σ order (dropped from the last)."""
-    return Candidates(tuple(float(x) for x in scores_by_sigma.flip(0)), cost, dense)
 
 
 def keep_rank_ratio(ratio: float) -> float:

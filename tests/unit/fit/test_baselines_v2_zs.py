@@ -13,7 +13,6 @@ from ngc.fit.closed_form import fit_group
 from ngc.fit.whiten import whitening
 from ngc.fit.zero_sum import (
     Candidates,
-    candidates,
     check_reachable,
     component_scores,
     keep_rank_ratio,
@@ -265,8 +264,14 @@ def test_groups_of_one_unit_stay_dense_together():
 
 
 def test_candidates_drop_from_the_smallest_singular_value():
-    c = candidates(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64), cost=4, dense=9)
+    c = Candidates.of_matrix(3, 5, torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
     assert c.scores == (1.0, 2.0, 3.0) and c.full_rank == 3
+    assert (c.cost, c.dense) == (8, 15)
+
+
+def test_shape_only_candidates_span_the_full_rank_with_zero_scores():
+    c = Candidates.of_matrix(7, 4)
+    assert c.scores == (0.0,) * 4 and (c.cost, c.dense, c.break_even) == (11, 28, 2)
 
 
 def test_regroup_shares_a_basis_among_survivors_at_no_more_than_their_per_matrix_cost():
