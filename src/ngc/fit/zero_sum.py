@@ -47,9 +47,8 @@ class Candidates:
 
         Without scores every ΔL is 0: the shape alone, enough for :func:`check_reachable`.
         """
-        if scores_by_sigma is None:
-            return cls((0.0,) * min(m, n), m + n, m * n)
-        return cls(tuple(float(x) for x in scores_by_sigma.flip(0)), m + n, m * n)
+        scores = (0.0,) * min(m, n) if scores_by_sigma is None else tuple(float(x) for x in scores_by_sigma.flip(0))
+        return cls(scores, m + n, m * n)
 
     @property
     def full_rank(self) -> int:
