@@ -226,6 +226,17 @@ def test_compress_refuses_bad_flags_before_loading(capsys, tiny_folders, tmp_pat
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
 
 
+def test_a_bad_dtype_names_the_option_it_came_from_in_the_order_of_help(capsys, tiny_folders, tmp_path):
+    model, out = str(tiny_folders["llama"]), str(tmp_path / "x")
+    code, _, err = ngc(capsys, "compress", model, "--dtype", "int3", "--save-dtype", "int4", "--out", out)
+    assert code == 2
+    assert_clean_error(err, "unknown --dtype 'int3'", "float32")
+    code, _, err = ngc(capsys, "compress", model, "--save-dtype", "int4", "--out", out)
+    assert code == 2
+    assert_clean_error(err, "unknown --save-dtype 'int4'", "bfloat16")
+    assert not (tmp_path / "x").exists()
+
+
 def test_compress_refuses_a_topology_for_a_baseline_and_a_partial_fused_module(capsys, tiny_folders, tmp_path):
     code, _, err = ngc(
         capsys, "compress", str(tiny_folders["llama"]), "--method", "svd-llm", "--topology", "intra", "--dry-run"

@@ -178,7 +178,7 @@ def bench_command(
 
     prefill_shapes = speed.parse_shapes(shapes)
     decode_shape = None if no_decode else speed.parse_decode(decode)
-    parse_dtype(dtype)
+    parse_dtype(dtype, "--dtype")
     if threads is not None:
         if threads < 1:
             raise UsageError(f"--threads {threads} must be at least 1", hint="e.g. --threads 2")

@@ -238,7 +238,6 @@ def compress_command(
     """
     from ngc.cli.compress_run import CompressJob, run_compression
     from ngc.config import CalibConfig, CompressionConfig
-    from ngc.models.load import parse_dtype
     from ngc.topology.blocks import parse_roles
 
     config = CompressionConfig(
@@ -274,7 +273,7 @@ def compress_command(
         out=out,
         json_out=json_out,
         dtype=dtype,
-        save_dtype=parse_dtype(save_dtype) if save_dtype else None,
+        save_dtype=save_dtype,
         factor_dtype=factor_dtype,
         device=device,
         cache=cache,
@@ -308,9 +307,10 @@ def _checked(job: CompressJob, data_dir: Path | None) -> CompressJob:
     from ngc.pipeline.distributed import launch_rank
 
     config, calib, out = job.config, job.calib, job.out
-    compute_dtype = parse_dtype(job.dtype)
+    compute_dtype = parse_dtype(job.dtype, "--dtype")
+    stored_dtype = job.stored_dtype or compute_dtype
     if check_factor_dtype(job.factor_dtype) == INT8:  # torchao present, and its kernels run here (before any output)
-        check_int8_support(job.device, (compute_dtype, job.save_dtype or compute_dtype))
+        check_int8_support(job.device, (compute_dtype, stored_dtype))
     _check_json_target(job.json_out)
     if out is None and not job.dry_run:
         raise UsageError("no --out folder given", hint="add --out DIR (or --dry-run to only see the plan)")

@@ -33,7 +33,7 @@ class CompressJob:
     out: Path | None
     json_out: Path | None
     dtype: str
-    save_dtype: torch.dtype | None
+    save_dtype: str | None  # None: the compute dtype
     device: str
     cache: Path | None
     force: bool
@@ -44,6 +44,13 @@ class CompressJob:
     hidden_on: str
     factor_dtype: str = "float"  # "int8": factors quantized after compression (ngc.modules.int8)
     given: frozenset[str] = frozenset()  # config fields the user set (the method's defaults fill the others)
+
+    @property
+    def stored_dtype(self) -> torch.dtype | None:
+        """The dtype the checkpoint's weights are saved in (None: the compute dtype)."""
+        from ngc.models.load import parse_dtype
+
+        return parse_dtype(self.save_dtype, "--save-dtype") if self.save_dtype else None
 
     def fingerprint(self) -> dict[str, Any]:
         """What every rank must agree on."""
@@ -145,7 +152,7 @@ def _run_streamed(job: CompressJob, folder: Path, device: str, world, console: C
         calibration,
         _options(job, device),
         dtype=parse_dtype(job.dtype),
-        save_dtype=job.save_dtype,
+        save_dtype=job.stored_dtype,
         tokenizer=tokenizer,
         force=job.force,
         world=world,
@@ -182,7 +189,7 @@ def _run_in_memory(job: CompressJob, device: str, world, console: Console) -> No
             force = job.force or written
             extra = {"distill": result.distill} if result.distill is not None else None  # "pending" until done
             save_checkpoint(
-                model, loaded.tokenizer, job.out, result, base, dtype=job.save_dtype, force=force, extra=extra
+                model, loaded.tokenizer, job.out, result, base, dtype=job.stored_dtype, force=force, extra=extra
             )
             written = True
 

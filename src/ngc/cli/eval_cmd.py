@@ -94,7 +94,7 @@ def eval_command(
 
     # Validate everything that needs no model first: flags, data files, output path.
     check_eval_args(ppl_len, max_windows)
-    parse_dtype(dtype)
+    parse_dtype(dtype, "--dtype")
     _check_json_target(json_out)
     _check_json_target(samples, "--samples")
     files = ppl_file or []

@@ -66,9 +66,10 @@ def known_models() -> str:
     return ", ".join(PACKAGED)
 
 
-def parse_dtype(name: str) -> torch.dtype:
+def parse_dtype(name: str, option: str = "dtype") -> torch.dtype:
+    """The torch dtype called ``name``; ``option`` names where it was given (e.g. ``--save-dtype``) in the error."""
     if name not in DTYPES:
-        raise UsageError(f"unknown dtype {name!r}", hint=f"use one of {', '.join(DTYPES)}")
+        raise UsageError(f"unknown {option} {name!r}", hint=f"use one of {', '.join(DTYPES)}")
     return DTYPES[name]
 
 

@@ -133,6 +133,12 @@ def by_correctness(models: Mapping[str, Sequence[Mapping[str, object]]], title: 
     return _save(fig, path)
 
 
+def method_colours(panels: Mapping[str, Mapping[str, object]]) -> dict[str, str]:
+    """One colour of matplotlib's default cycle per method, in order of first appearance across ``panels``."""
+    methods = list(dict.fromkeys(m for series in panels.values() for m in series))
+    return {m: f"C{i % 10}" for i, m in enumerate(methods)}
+
+
 def metric_vs_budget(
     panels: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
     xlabel: str,
@@ -142,14 +148,17 @@ def metric_vs_budget(
     reference: float | None = None,
 ) -> Path:
     """One panel per key (e.g. a ratio), one line per method: ``panels[panel][method] = [(budget, value), ...]``;
-    the x axis is linear up to the smallest positive budget and logarithmic above (budget 0 stays visible)."""
+    the x axis is linear up to the smallest positive budget and logarithmic above (budget 0 stays visible). A
+    method has the same colour in every panel."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    colours = method_colours(panels)
     for ax, (panel, series) in zip(axes[0], panels.items(), strict=True):
         positive = [x for points in series.values() for x, _ in points if x > 0]
         for method, points in series.items():
             points = sorted(points)
-            ax.plot([x for x, _ in points], [v for _, v in points], marker="o", label=method)
+            xs, ys = [x for x, _ in points], [v for _, v in points]
+            ax.plot(xs, ys, marker="o", label=method, color=colours[method])
         if positive:
             ax.set_xscale("symlog", linthresh=min(positive))
         if reference is not None:
