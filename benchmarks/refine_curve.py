@@ -118,10 +118,24 @@ def refine_config(label: str, ratio: float, budget: int, args: argparse.Namespac
     )
 
 
-def cells_done(out: Path, resume: bool) -> list[dict[str, Any]]:
-    if resume and out.is_file():
-        return json.loads(out.read_text())["rows"]
-    return []
+#: settings every row of one output file shares (a resumed run must use the same)
+PROTOCOL = (
+    "model", "calib", "calib_samples", "calib_len", "seed", "ppl_data", "ppl_len", "ppl_windows",
+    "refine_data", "refine_heldout", "refine_lr", "refine_batch", "device",
+)  # fmt: skip
+
+
+def earlier_run(args: argparse.Namespace) -> dict[str, Any]:
+    """What a run to ``--out`` already wrote (nothing unless ``--resume``); refused when its protocol differs."""
+    if not (args.resume and args.out.is_file()):
+        return {}
+    earlier = json.loads(args.out.read_text())
+    settings = earlier.get("settings", {})
+    differ = [k for k in PROTOCOL if k in settings and settings[k] != getattr(args, k)]
+    if differ:
+        was = ", ".join(f"--{k.replace('_', '-')} {settings[k]}" for k in differ)
+        raise SystemExit(f"{args.out} was written with {was}: resume with those settings, or write to another --out")
+    return earlier
 
 
 def run(args: argparse.Namespace) -> None:
@@ -133,7 +147,8 @@ def run(args: argparse.Namespace) -> None:
         loaded.tokenizer, args.calib, args.calib_samples, args.calib_len, args.seed, loaded.bos_token_id
     )
     refinement = refinement_data(loaded.tokenizer, args.refine_data or args.calib, loaded.bos_token_id)
-    rows = cells_done(args.out, args.resume)
+    earlier = earlier_run(args)
+    rows = earlier.get("rows", [])
     done = {(r["method"], r["ratio"], r["budget"]) for r in rows}
     payload: dict[str, Any] = {
         "settings": vars(args) | {"out": str(args.out), "plot": str(args.plot) if args.plot else None},
@@ -150,7 +165,7 @@ def run(args: argparse.Namespace) -> None:
             "split": refinement.split,
             "tokens": int(refinement.tokens.numel()),
         },
-        "dense": evaluate(loaded, dense, text, args),
+        "dense": earlier.get("dense") or evaluate(loaded, dense, text, args),
         "rows": rows,
     }
     write_json_atomic(args.out, payload)

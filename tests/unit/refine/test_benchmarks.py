@@ -31,10 +31,19 @@ def test_refine_curve_writes_every_cell_resumes_and_plots(tmp_path, tiny_folders
     assert [(r["method"], r["budget"]) for r in rows] == [("svd-llm", 0), ("svd-llm", 96), ("ngc", 0), ("ngc", 96)]
     refined = rows[1]["distill"]
     assert refined["steps"] == 96 // 32 and refined["data"]["source"] == str(text_file)
+    first = json.loads(out.read_text())
+    first["dense"]["ppl"] = -1.0  # a resumed run with the same protocol keeps the dense record it finds
+    out.write_text(json.dumps(first))
     curve.run(curve.parse_args([*common, "--budgets", "0,96,160", "--resume", "--plot", str(plot)]))
-    rows = json.loads(out.read_text())["rows"]
+    resumed = json.loads(out.read_text())
+    rows = resumed["rows"]
     assert len(rows) == 6 and rows[-1]["budget"] == 160 and rows[-1]["distill"]["steps"] == 5
+    assert resumed["dense"]["ppl"] == -1.0
     assert plot.stat().st_size > 0
+    windows = common.index("--ppl-windows") + 1
+    common[windows] = "1"
+    with pytest.raises(SystemExit, match="--ppl-windows 2"):  # rows of another protocol are not mixed in
+        curve.run(curve.parse_args([*common, "--budgets", "0", "--resume"]))
 
 
 def test_refine_curve_cell_labels_set_any_option_with_its_type():
