@@ -253,25 +253,8 @@ def compress_source(
     windows, stats = _check_calibration(method, config, calibration)
     seed = calibration.seed if isinstance(calibration, (CalibrationWindows, CalibrationStats)) else 0
     distillation = plan_distillation(config, windows, refinement, seed)  # checked before any heavy work
-    if config.refines("block") and world.size > 1:
-        raise UsageError(
-            "block refinement runs in one process (its steps would need gradients summed across ranks)",
-            hint="run without torchrun / accelerate launch, or use --refine none",
-        )
+    _check_where_it_runs(source, method, config, stats, world)
     whole = isinstance(source, ModelSource)
-    if not whole and (
-        method.needs_fisher
-        or config.refines("distill")
-        or config.alloc != "uniform"
-        or config.topology == AUTO
-        or stats is not None
-    ):
-        raise UsageError(
-            "this configuration needs the whole model in memory (Fisher, distillation, auto allocation or "
-            "topology, or precollected statistics)",
-            hint="load the model with ngc.load_model and call ngc.compress, or drop those options (ngc's streamed "
-            "defaults: alloc='uniform')",
-        )
     result = CompressionResult(config, account(model), [], calibration_info(calibration, world), groups, ranks)
     result.pipeline = {
         "source": "memory" if whole else "folder",
@@ -301,21 +284,61 @@ def compress_source(
         world,
         sink,
     )
-    total = time.perf_counter() - start
     # the dense weights' hash: of the model before it changes; of a folder once every layer was read
     result.base_model = {"weights_sha256": dense_sha256 or source.base_sha256()}
-    if fitter.pending:
-        raise RuntimeError(f"groups left unfitted: {[g.id for g in fitter.pending]}")
-    result.fit_seconds += fitter.seconds
-    result.calibration_seconds += total - fitter.seconds
-    result.exact, result.local = fitter.exact, fitter.local
-    result.block = {layer: refinement.to_dict() for layer, refinement in fitter.block.items()}
-    _report(model, result, groups, ranks, fitter)
-    model.ngc_compression = result
+    _record_fits(model, result, groups, ranks, fitter, time.perf_counter() - start)
     if teacher is not None and distillation is not None:
         run_distillation_(model, teacher, result, distillation, on_closed_form)
         del teacher
     return result
+
+
+def _check_where_it_runs(
+    source: ModelSource | FolderSource,
+    method: Method,
+    config: CompressionConfig,
+    stats: CalibrationStats | None,
+    world: World,
+) -> None:
+    """Refuse what cannot run on this source and this many processes."""
+    if config.refines("block") and world.size > 1:
+        raise UsageError(
+            "block refinement runs in one process (its steps would need gradients summed across ranks)",
+            hint="run without torchrun / accelerate launch, or use --refine none",
+        )
+    if not isinstance(source, ModelSource) and (
+        method.needs_fisher
+        or config.refines("distill")
+        or config.alloc != "uniform"
+        or config.topology == AUTO
+        or stats is not None
+    ):
+        raise UsageError(
+            "this configuration needs the whole model in memory (Fisher, distillation, auto allocation or "
+            "topology, or precollected statistics)",
+            hint="load the model with ngc.load_model and call ngc.compress, or drop those options (ngc's streamed "
+            "defaults: alloc='uniform')",
+        )
+
+
+def _record_fits(
+    model: nn.Module,
+    result: CompressionResult,
+    groups: Sequence[Group],
+    ranks: dict[str, int],
+    fitter: GroupFitter,
+    seconds: float,
+) -> None:
+    """Every group's fit in ``result`` (the pipeline's ``seconds`` split into fitting and calibration), which the
+    model then carries as ``model.ngc_compression``."""
+    if fitter.pending:
+        raise RuntimeError(f"groups left unfitted: {[g.id for g in fitter.pending]}")
+    result.fit_seconds += fitter.seconds
+    result.calibration_seconds += seconds - fitter.seconds
+    result.exact, result.local = fitter.exact, fitter.local
+    result.block = {layer: refinement.to_dict() for layer, refinement in fitter.block.items()}
+    _report(model, result, groups, ranks, fitter)
+    model.ngc_compression = result
 
 
 def _check_calibration(
