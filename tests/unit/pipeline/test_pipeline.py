@@ -50,6 +50,21 @@ def test_a_streamed_folder_gives_the_model_compressed_in_memory(family, tmp_path
     assert result.base_model["weights_sha256"] == reference.ngc_compression.base_model["weights_sha256"]
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"method": "aa-svd"},  # anchored to the dense stream, then block steps on the compressed one
+        {"method": "ngc", "alloc": "uniform", "refine": "block", "sequential_shrink": 1.0},
+        {"method": "svd-llm-v2", "alloc": "uniform"},  # eigendecomposition whitening
+    ],
+)
+def test_two_stream_methods_give_the_in_memory_model_when_streamed(fields, tmp_path):
+    folder = save_tiny_model("llama", tmp_path / "dense")
+    config = CompressionConfig(ratio=0.3, **fields)
+    compress_folder(folder, tmp_path / "ckpt", config, WINDOWS)
+    assert torch.equal(logits(ngc.load(tmp_path / "ckpt")), logits(in_memory(folder, config)))
+
+
 @pytest.mark.parametrize("method, most_in_flight", [("svd-llm", 1), ("basis-sharing", 2)])
 def test_a_streamed_folder_holds_only_the_layers_in_flight(method, most_in_flight, tmp_path, monkeypatch):
     folder = save_tiny_model("llama", tmp_path / "dense")
