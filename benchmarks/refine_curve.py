@@ -139,6 +139,7 @@ def earlier_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> None:
+    earlier = earlier_run(args)  # refused before the model is loaded when the protocol differs
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model, device=args.device)
     dense = loaded.model.eval()
@@ -147,7 +148,6 @@ def run(args: argparse.Namespace) -> None:
         loaded.tokenizer, args.calib, args.calib_samples, args.calib_len, args.seed, loaded.bos_token_id
     )
     refinement = refinement_data(loaded.tokenizer, args.refine_data or args.calib, loaded.bos_token_id)
-    earlier = earlier_run(args)
     rows = earlier.get("rows", [])
     done = {(r["method"], r["ratio"], r["budget"]) for r in rows}
     payload: dict[str, Any] = {
